@@ -1,0 +1,354 @@
+"""Structured configs: dataclasses checked by OmegaConf.
+
+A YAML file is merged onto the schema, then ``key=value`` overrides from the
+command line. Every merge runs in struct mode, so an unknown key or a value of
+the wrong type fails at load time with a ``ConfigError`` that names the key and
+where it came from (the file or the command line).
+
+The ``model`` section starts from a named preset (``model.preset``), so a config
+only lists what it changes.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and its source."""
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class CodecConfig:
+    type: str = "pixel"  # "pixel" (no weights, lossless pixel-unshuffle) or "vae" (diffusers AutoencoderKL)
+    path: Optional[str] = None  # VAE folder or hub id
+    subfolder: Optional[str] = None
+    factor: int = 4  # pixel codec only: latent = pixel_unshuffle(image, factor)
+
+
+@dataclass
+class AudioEncoderConfig:
+    path: Optional[str] = None  # Whisper folder or hub id; None builds a seeded random encoder
+    subfolder: Optional[str] = None
+    # Used only when path is None (the tiny preset, tests):
+    d_model: int = 64
+    layers: int = 2
+    heads: int = 2
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    sample_size: int = 16  # latent height/width the positional embedding is built for
+    patch_size: int = 2
+    in_channels: int = 48  # latent channels; control latents have as many
+    width: int = 64
+    depth: int = 2
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    caption_channels: int = 32  # the learned context lives in PixArt's caption (T5) space
+    context_tokens: int = 8
+    audio_tokens: int = 32  # tokens per video frame after the audio projection
+    audio_window: int = 2  # +- video frames of audio features per frame
+    audio_hidden: int = 256  # width of the audio projection MLP
+    temporal_layers: bool = True
+    max_frames: int = 64  # longest clip the temporal positional encoding covers
+    gradient_checkpointing: bool = False
+    attention: str = "sdpa"  # "sdpa" or "xformers"
+    transformer_path: Optional[str] = None  # PixArt-alpha diffusers folder or hub id to start from
+    transformer_subfolder: Optional[str] = None
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+
+
+def _preset(**kw) -> ModelConfig:
+    codec = kw.pop("codec", CodecConfig())
+    audio = kw.pop("audio_encoder", AudioEncoderConfig())
+    return ModelConfig(codec=codec, audio_encoder=audio, **kw)
+
+
+PRESETS = {
+    # CPU-testable: 64x64 pixels -> 16x16x48 pixel latents -> 64 tokens per frame.
+    "tiny": _preset(preset="tiny"),
+    # 128x128 pixels -> 32x32x48 pixel latents -> 256 tokens per frame.
+    "small": _preset(
+        preset="small", sample_size=32, in_channels=48, width=384, depth=12, num_heads=6,
+        caption_channels=64, context_tokens=8, audio_hidden=512,
+        audio_encoder=AudioEncoderConfig(d_model=128, layers=2, heads=2),
+    ),
+    # PixArt-XL-2 at 512x512: SD VAE latents 64x64x4, 28 blocks of width 1152, 16 heads.
+    "xl": _preset(
+        preset="xl", sample_size=64, in_channels=4, width=1152, depth=28, num_heads=16,
+        caption_channels=4096, context_tokens=120, audio_hidden=1024, max_frames=64,
+        codec=CodecConfig(type="vae"),
+        audio_encoder=AudioEncoderConfig(d_model=384, layers=4, heads=6),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- diffusion
+
+
+@dataclass
+class NoiseSchedulerConfig:
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    rescale_betas_zero_snr: bool = False
+    timestep_spacing: str = "trailing"
+
+
+@dataclass
+class ContextConfig:
+    context_frames: int = 16
+    context_overlap: int = 4
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class AugmentConfig:
+    affine_prob: float = 0.8
+    max_rotate: float = 8.0  # degrees
+    max_scale: float = 0.08  # relative
+    max_translate: float = 0.04  # relative to the image size
+    color_jitter: float = 0.3  # brightness/contrast/saturation strength
+
+
+@dataclass
+class TrainDataConfig:
+    data_dirs: List[str] = field(default_factory=list)
+    video_length: int = 16
+    frame_stride: int = 1
+    sample_size: int = 64  # pixels, square
+    use_audio_ratio: float = 0.5
+    use_both_ratio: float = 0.2
+    ref_min_distance: int = 8  # the reference frame is at least this many frames from the clip
+    crop_margin: float = 0.6  # face-centred square: box side * (1 + margin)
+    num_workers: int = 2
+    shuffle_buffer: int = 64
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@dataclass
+class GuidanceConfig:
+    guidance_scale: float = 2.0  # the original's single knob: default for both scales below
+    audio_scale: Optional[float] = None
+    visual_scale: Optional[float] = None
+    audio_amplitude: float = 1.0
+    visual_amplitude: float = 1.0
+
+
+@dataclass
+class ValidationConfig:
+    source_image: List[str] = field(default_factory=list)
+    video_path: List[str] = field(default_factory=list)
+    audio_path: List[Optional[str]] = field(default_factory=list)
+    num_inference_steps: int = 10
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    limit: Optional[float] = 2.0  # seconds of driver per validation pair
+
+
+@dataclass
+class InferenceConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    checkpoint: Optional[str] = None  # SigmaDiT folder (save_pretrained); empty = random init
+    source_image: List[str] = field(default_factory=list)
+    video_path: List[str] = field(default_factory=list)
+    audio_path: List[Optional[str]] = field(default_factory=list)
+    output_dir: str = "outputs"
+    sample_size: int = 64  # pixels, square
+    crop_margin: float = 0.6
+    num_inference_steps: int = 25
+    scheduler: str = "ddim"  # "ddim" or "dpmsolver++"
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    noise_scheduler_kwargs: NoiseSchedulerConfig = field(default_factory=NoiseSchedulerConfig)
+    control_mode: Optional[str] = None  # "eyes+mouth" or "eyes"; None picks by the driving mode
+    seed: int = 42
+    limit: Optional[float] = None  # seconds of driver; None = all of it
+    dtype: str = "bf16"  # on CUDA; CPU runs in float32
+    compile: bool = False
+    face_backend: str = "mediapipe"
+    grid: bool = False
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    output_dir: str = "runs/tiny"
+    stage: int = 1  # 1 image, 2 audio, 3 motion: sets which frames and branches run
+    init_checkpoint: Optional[str] = None  # previous stage's checkpoint folder
+    resume: Optional[str] = None  # "latest" or a checkpoint folder of this run
+    seed: int = 0
+    train_data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    trainable_modules: List[str] = field(default_factory=lambda: ["blocks"])
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 100
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 1000
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 3
+    validation_steps: int = 500
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    mixed_precision_training: bool = True
+    mixed_precision_dtype: str = "bf16"  # "bf16" or "fp16"; CPU always trains in float32
+    noise_scheduler_kwargs: NoiseSchedulerConfig = field(default_factory=NoiseSchedulerConfig)
+    noise_offset: float = 0.0
+    use_ema: bool = True
+    ema_decay: float = 0.999
+    compile: bool = False
+    max_nan_steps: int = 5  # this many non-finite losses in a row stop the run
+    log_every: int = 10
+    context: ContextConfig = field(default_factory=ContextConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _schema_with_preset(schema_cls, preset: str, where: str) -> DictConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"{where}: model.preset={preset!r} is not one of {sorted(PRESETS)}")
+    base = OmegaConf.structured(schema_cls)
+    if "model" in base:
+        OmegaConf.set_struct(base, False)
+        base.model = OmegaConf.structured(copy.deepcopy(PRESETS[preset]))
+    OmegaConf.set_struct(base, True)
+    return base
+
+
+def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"{where}: bad key '{key}': {reason}") from None
+
+
+def load_config(schema_cls, path: Optional[str] = None, overrides: Sequence[str] = ()) -> Any:
+    """Load ``path`` (YAML) onto ``schema_cls``, then ``key=value`` overrides; return the dataclass.
+
+    Raises ``ConfigError`` naming the file (or "command line") and the key at fault.
+    """
+    file_cfg = OmegaConf.create()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as e:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override {item!r} is not of the form key=value")
+    try:
+        cli_cfg = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"command line: {e}") from None
+
+    preset = OmegaConf.select(cli_cfg, "model.preset") or OmegaConf.select(file_cfg, "model.preset") or "tiny"
+    cfg = _schema_with_preset(schema_cls, preset, path or "command line")
+    cfg = _merge(cfg, file_cfg, path or "config")
+    cfg = _merge(cfg, cli_cfg, "command line")
+    obj = OmegaConf.to_object(cfg)
+    validate(obj, path or "config")
+    return obj
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_dict(schema_cls, data: dict, where: str = "dict") -> Any:
+    """Rebuild a dataclass from a plain dict (e.g. a checkpoint's saved config), strictly."""
+    base = OmegaConf.structured(schema_cls)
+    OmegaConf.set_struct(base, True)
+    return OmegaConf.to_object(_merge(base, data, where))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_choice(where: str, key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}: {key}={value!r} must be one of {list(choices)}")
+
+
+def _check_range(where: str, key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where}: {key}={value!r} must lie in [{lo}, {hi}]")
+
+
+def validate_model(m: ModelConfig, where: str) -> None:
+    _check_choice(where, "model.codec.type", m.codec.type, ["pixel", "vae"])
+    _check_choice(where, "model.attention", m.attention, ["sdpa", "xformers"])
+    if m.width % m.num_heads:
+        raise ConfigError(f"{where}: model.width={m.width} is not divisible by model.num_heads={m.num_heads}")
+    if m.codec.type == "pixel" and m.in_channels != 3 * m.codec.factor**2:
+        raise ConfigError(
+            f"{where}: model.in_channels={m.in_channels} must be 3*factor^2={3 * m.codec.factor**2} "
+            f"for the pixel codec (model.codec.factor={m.codec.factor})"
+        )
+
+
+def validate(cfg: Any, where: str) -> None:
+    """Checks that types alone cannot express. Existence of files is checked by the entry points."""
+    if hasattr(cfg, "model"):
+        validate_model(cfg.model, where)
+    ns = getattr(cfg, "noise_scheduler_kwargs", None)
+    if ns is not None:
+        _check_choice(where, "noise_scheduler_kwargs.prediction_type", ns.prediction_type, ["epsilon", "v_prediction"])
+    if isinstance(cfg, TrainConfig):
+        _check_choice(where, "stage", cfg.stage, [1, 2, 3])
+        _check_choice(where, "mixed_precision_dtype", cfg.mixed_precision_dtype, ["bf16", "fp16"])
+        d = cfg.train_data
+        _check_range(where, "train_data.use_audio_ratio", d.use_audio_ratio, 0.0, 1.0)
+        _check_range(where, "train_data.use_both_ratio", d.use_both_ratio, 0.0, 1.0)
+        if d.use_audio_ratio + d.use_both_ratio > 1.0 + 1e-9:
+            raise ConfigError(f"{where}: train_data.use_audio_ratio + train_data.use_both_ratio must not exceed 1")
+        if d.video_length < 1 or d.frame_stride < 1:
+            raise ConfigError(f"{where}: train_data.video_length and train_data.frame_stride must be >= 1")
+        if not cfg.trainable_modules:
+            raise ConfigError(f"{where}: trainable_modules is empty")
+    if isinstance(cfg, InferenceConfig):
+        _check_choice(where, "scheduler", cfg.scheduler, ["ddim", "dpmsolver++"])
+        _check_choice(where, "dtype", cfg.dtype, ["fp32", "bf16", "fp16"])
+        c = cfg.context
+        if not 0 <= c.context_overlap < c.context_frames:
+            raise ConfigError(
+                f"{where}: context.context_overlap={c.context_overlap} must be in [0, context.context_frames)"
+            )
+        n = len(cfg.source_image)
+        if len(cfg.video_path) not in (0, n) or len(cfg.audio_path) not in (0, n):
+            raise ConfigError(
+                f"{where}: source_image ({n}), video_path ({len(cfg.video_path)}) and audio_path "
+                f"({len(cfg.audio_path)}) must list the same number of entries (or none)"
+            )

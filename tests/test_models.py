@@ -1,0 +1,262 @@
+"""SigmaDiT: PixArt equivalence, the new branches, reference caching, temporal mixing, IO round trips."""
+import time
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from megactor.models import (
+    PixelCodec, SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, from_pretrained, gather_windows,
+    save_pretrained, window_indices,
+)
+from megactor.models.loading import WEIGHTS_NAME
+
+B, F, H = 2, 4, 16  # batch, frames, latent size of the tiny preset
+
+
+def inputs(cfg, frames=F):
+    latents = torch.randn(B, cfg.in_channels, frames, H, H)
+    t = torch.tensor([10, 700])
+    control = torch.randn_like(latents)
+    audio = torch.randn(B, frames, 10, cfg.audio_encoder.layers + 1, cfg.audio_encoder.d_model)
+    reference = torch.randn(B, cfg.in_channels, H, H)
+    return latents, t, control, audio, reference
+
+
+@pytest.fixture
+def loaded(tiny_pixart_dir):
+    cfg = tiny_config(transformer_path=tiny_pixart_dir)
+    model = build_sigma_dit(cfg).eval()
+    with torch.no_grad():
+        model.context.normal_()
+    return model
+
+
+def test_pixart_loaded_reproduces_pixart_on_one_frame(tiny_pixart_dir, loaded):
+    from diffusers import PixArtTransformer2DModel
+
+    pixart = PixArtTransformer2DModel.from_pretrained(tiny_pixart_dir).eval()
+    x, t = torch.randn(3, 48, H, H), torch.tensor([0, 400, 999])
+    with torch.no_grad():
+        expected = pixart(x, encoder_hidden_states=loaded.context[None].expand(3, -1, -1), timestep=t).sample
+        out = loaded(x[:, :, None], t)[:, :, 0]
+    assert out.shape == (3, 48, H, H)
+    assert (out - expected[:, :48]).abs().max() <= 1e-5
+
+
+def test_reference_net_starts_as_a_copy_of_the_backbone(loaded):
+    sd = loaded.state_dict()
+    assert torch.equal(sd["reference_net.blocks.1.attn.qkv.weight"], sd["blocks.1.attn.qkv.weight"])
+    assert torch.equal(sd["reference_net.patch_embed.proj.weight"], sd["patch_embed.proj.weight"][:, :48])
+
+
+def _perturb(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(std=0.5)
+
+
+@pytest.mark.parametrize("branch", ["visual", "audio", "temporal"])
+def test_new_branch_has_no_effect_until_its_output_is_perturbed(loaded, branch):
+    latents, t, control, audio, reference = inputs(loaded.config)
+    with torch.no_grad():
+        ref_kv = loaded.encode_reference(reference)
+        base = loaded(latents, t, reference_kv=ref_kv, temporal=False)
+        kwargs = {"visual": dict(control=control), "audio": dict(audio=audio), "temporal": dict(temporal=True)}[branch]
+        assert torch.equal(loaded(latents, t, reference_kv=ref_kv, **kwargs), base)
+        if branch == "visual":
+            loaded.patch_embed.proj.weight[:, 48:].normal_(std=0.5)
+        else:
+            for blk in loaded.blocks:
+                _perturb(blk.audio_attn.proj if branch == "audio" else blk.temporal.attn.proj)
+        assert (loaded(latents, t, reference_kv=ref_kv, **kwargs) - base).abs().max() > 1e-3
+
+
+def test_amplitudes_scale_the_branches(loaded):
+    latents, t, control, audio, reference = inputs(loaded.config)
+    for blk in loaded.blocks:
+        _perturb(blk.audio_attn.proj)
+    loaded.patch_embed.proj.weight.data[:, 48:].normal_(std=0.5)
+    with torch.no_grad():
+        off = loaded(latents, t)
+        assert torch.allclose(loaded(latents, t, control=control, audio=audio, audio_amplitude=0.0,
+                                     visual_amplitude=0.0), off, atol=1e-6)
+        per_sample = loaded(latents, t, control=control, audio=audio, audio_amplitude=torch.tensor([0.0, 1.0]),
+                            visual_amplitude=torch.tensor([0.0, 1.0]))
+        full = loaded(latents, t, control=control, audio=audio)
+    assert torch.allclose(per_sample[0], off[0], atol=1e-6)
+    assert torch.allclose(per_sample[1], full[1], atol=1e-6)
+    assert not torch.allclose(full[1], off[1], atol=1e-3)
+
+
+def test_reference_changes_the_output_and_cached_kv_match_recomputation(loaded):
+    latents, t, control, audio, reference = inputs(loaded.config)
+    with torch.no_grad():
+        ref_kv = loaded.encode_reference(reference)
+        for step_t in (torch.tensor([999, 999]), torch.tensor([500, 20])):  # two "denoising steps"
+            cached = loaded(latents, step_t, control=control, audio=audio, reference_kv=ref_kv)
+            fresh = loaded(latents, step_t, control=control, audio=audio, reference=reference)
+            assert torch.equal(cached, fresh)
+        assert not torch.allclose(loaded(latents, t), loaded(latents, t, reference=reference), atol=1e-4)
+        # one reference shared by a batch (the guidance branches) = that reference repeated
+        shared = loaded(latents, t, reference_kv=loaded.encode_reference(reference[:1]))
+        repeated = loaded(latents, t, reference=reference[:1].expand(B, -1, -1, -1))
+    assert torch.allclose(shared, repeated, atol=1e-6)
+
+
+def test_temporal_layers_mix_frames_only_when_on(loaded):
+    for blk in loaded.blocks:
+        _perturb(blk.temporal.attn.proj)
+    latents, t, _, _, _ = inputs(loaded.config)
+    changed = latents.clone()
+    changed[:, :, 3] += 1.0  # touch frame j=3 only
+    with torch.no_grad():
+        on = loaded(changed, t) - loaded(latents, t)
+        off = loaded(changed, t, temporal=False) - loaded(latents, t, temporal=False)
+    assert on[:, :, 0].abs().max() > 1e-4  # frame i=0 depends on frame 3
+    assert off[:, :, :3].abs().max() == 0  # frames are independent
+    assert off[:, :, 3].abs().max() > 1e-4
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(loaded):
+    latents, t, control, audio, reference = inputs(loaded.config)
+    for blk in loaded.blocks:
+        _perturb(blk.temporal.attn.proj)
+    grads = []
+    for enabled in (False, True):
+        loaded.zero_grad()
+        loaded.set_gradient_checkpointing(enabled)
+        loaded(latents, t, control=control, audio=audio, reference=reference).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in loaded.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_wrong_shapes_raise_naming_both():
+    model = SigmaDiT(tiny_config()).eval()
+    latents, t, control, audio, reference = inputs(model.config)
+    cases = [
+        dict(control=control[:, :, :3]),
+        dict(audio=audio[:, :3]),
+        dict(reference=reference[..., :8, :8]),
+        dict(reference_kv=model.encode_reference(reference[..., :8, :8])),
+    ]
+    for kwargs in cases:
+        with pytest.raises(ValueError) as e:
+            model(latents, t, **kwargs)
+        shapes = [str(tuple(v.shape)) for v in kwargs.values() if torch.is_tensor(v)]
+        assert str(tuple(latents.shape)) in str(e.value)
+        assert all(s in str(e.value) for s in shapes)
+
+
+def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
+    model = SigmaDiT(tiny_config())
+    for p in model.parameters():  # make every tensor non-trivial, zero-initialised ones too
+        p.data.normal_()
+    save_pretrained(model, tmp_path / "ckpt")
+    loaded = from_pretrained(str(tmp_path / "ckpt"))
+    assert loaded.config == model.config
+    saved = load_file(tmp_path / "ckpt" / WEIGHTS_NAME)
+    for k, v in model.state_dict().items():
+        assert torch.equal(saved[k], v) and torch.equal(loaded.state_dict()[k], v), k
+    latents, t, control, audio, reference = inputs(model.config)
+    with torch.no_grad():
+        assert torch.equal(model(latents, t, control, audio, reference), loaded(latents, t, control, audio, reference))
+
+
+def test_tiny_training_step_is_well_under_a_second():
+    model = SigmaDiT(tiny_config(), )
+    latents, t, control, audio, reference = inputs(model.config, frames=8)
+    for _ in range(2):  # the first call warms up
+        start = time.perf_counter()
+        model(latents, t, control, audio, reference).square().mean().backward()
+        elapsed = time.perf_counter() - start
+    assert elapsed < 0.5, elapsed
+
+
+# ---------------------------------------------------------------------------- audio
+
+
+def test_audio_window_indices_by_hand():
+    # 25 fps: video frame j starts at feature 2j; window of frame i = frames i-2..i+2, 2 features each.
+    idx = window_indices(torch.tensor([0, 5, 9]), 25.0, num_features=20)
+    assert idx[0].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 4, 5]
+    assert idx[1].tolist() == [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    assert idx[2].tolist() == [14, 15, 16, 17, 18, 19, 19, 19, 19, 19]  # clamped at the clip's end
+    # 30 fps: frame j starts at feature floor(5j/3).
+    idx = window_indices(torch.tensor([0, 1, 10, 29]), 30.0, num_features=50)
+    assert idx[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 2, 3, 4]  # starts -4, -2, 0, 1, 3
+    assert idx[1].tolist() == [0, 0, 0, 1, 1, 2, 3, 4, 5, 6]  # starts -2, 0, 1, 3, 5
+    assert idx[2].tolist() == [13, 14, 15, 16, 16, 17, 18, 19, 20, 21]  # starts 13, 15, 16, 18, 20
+    assert idx[3].tolist() == [45, 46, 46, 47, 48, 49, 49, 49, 49, 49]  # starts 45, 46, 48, 50, 51
+    # per-sample fps and lengths broadcast
+    both = window_indices(torch.tensor([[0, 1, 10, 29], [0, 5, 9, 9]]), torch.tensor([30.0, 25.0]),
+                          torch.tensor([50, 20]))
+    assert both[0].tolist() == idx.tolist()
+    assert both[1, 2].tolist() == [14, 15, 16, 17, 18, 19, 19, 19, 19, 19]
+
+
+def test_gather_windows_picks_the_indexed_features():
+    feats = torch.arange(2 * 6).float().view(2, 6, 1, 1).expand(2, 6, 3, 4)
+    idx = torch.tensor([[[0, 5]], [[2, 2]]])
+    out = gather_windows(feats, idx)
+    assert out.shape == (2, 1, 2, 3, 4)
+    assert out[0, 0, :, 0, 0].tolist() == [0, 5] and out[1, 0, :, 0, 0].tolist() == [8, 8]
+
+
+def test_whisper_encoder_loads_from_a_folder_and_gives_every_layer(tmp_path):
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from megactor.config import AudioEncoderConfig
+    from megactor.models.audio_encoder import whisper_config
+
+    config = whisper_config(AudioEncoderConfig(d_model=32, layers=3, heads=2))
+    WhisperModel(config).save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor().save_pretrained(tmp_path / "whisper")
+    assert WhisperConfig.from_pretrained(tmp_path / "whisper").encoder_layers == 3
+    encoder = WhisperAudioEncoder(AudioEncoderConfig(path=str(tmp_path / "whisper")))
+    assert not any(p.requires_grad for p in encoder.parameters())
+    speech = torch.randn(2, 16000 * 2)  # 2 s -> 100 feature frames
+    feats = encoder(speech)
+    assert feats.shape == (2, 100, 4, 32)
+    assert not torch.allclose(feats[0], feats[1])
+    # longer than Whisper's 30-second window: encoded in chunks
+    long = encoder([torch.randn(16000 * 31).numpy()])
+    assert long.shape == (1, 1550, 4, 32)
+
+
+def test_random_whisper_is_seeded():
+    from megactor.config import AudioEncoderConfig
+
+    a, b = WhisperAudioEncoder(AudioEncoderConfig(seed=3)), WhisperAudioEncoder(AudioEncoderConfig(seed=3))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+def test_pixel_codec_is_lossless():
+    codec = PixelCodec(4)
+    video = torch.rand(1, 3, 2, 64, 64) * 2 - 1
+    latents = codec.encode_video(video)
+    assert latents.shape == (1, 48, 2, 16, 16)
+    assert torch.equal(codec.decode_video(latents), video)
+
+
+def test_vae_codec_loads_a_folder_and_applies_its_scaling(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from megactor.config import CodecConfig
+
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    codec = build_codec(CodecConfig(type="vae", path=str(tmp_path / "vae")))
+    assert (codec.channels, codec.factor) == (4, 2)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = codec.encode(images)
+    assert latents.shape == (2, 4, 16, 16)
+    raw = vae.encode(images).latent_dist.mode()
+    assert torch.allclose(latents, raw * 0.5, atol=1e-6)
+    assert codec.decode(latents).shape == (2, 3, 32, 32)

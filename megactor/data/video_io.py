@@ -125,6 +125,12 @@ def read_video(path: str, max_seconds: Optional[float] = None, with_audio: bool 
     return Clip(np.stack(frames), fps, audio, sample_rate)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
     """Trim or zero-pad ``audio`` to exactly ``num_samples``."""
     if audio.size >= num_samples:
@@ -172,6 +178,7 @@ def write_video(path: str, frames: np.ndarray, fps: float, audio: Optional[np.nd
                     af.pts = start
                     c.mux(astream.encode(af))
                 c.mux(astream.encode())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

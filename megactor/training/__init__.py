@@ -1,0 +1,1 @@
+"""Training: the three-stage trainer behind train.py."""

@@ -1,0 +1,65 @@
+"""The three training stages ("modality decoupling") and which parameters each trains.
+
+| stage | frames | modes (visual / audio / both) | trains (default)                     |
+| 1     | 1      | 1 / 0 / 0                     | backbone, reference_net, control     |
+| 2     | 8      | 0.25 / 0.75 / 0               | audio, backbone  (temporal layers off)|
+| 3     | 16     | 0.3 / 0.5 / 0.2               | temporal                             |
+
+Frame counts and ratios live in the stage configs; this module knows what the
+model runs in each stage and maps `trainable_modules` entries to parameters.
+An entry is a group name below or a regular expression searched in parameter names.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Sequence
+
+import torch.nn as nn
+
+from ..config import ConfigError
+
+MODULE_GROUPS: Dict[str, str] = {
+    "backbone": r"^(patch_embed|adaln_single|caption_projection|final_layer)\.|^context$"
+                r"|^blocks\.\d+\.(attn|cross_attn|mlp)\.|^blocks\.\d+\.scale_shift_table$",
+    "reference_net": r"^reference_net\.",
+    "control": r"^patch_embed\.",
+    "audio": r"^audio_proj\.|\.audio_(attn|norm)\.",
+    "temporal": r"\.temporal\.",
+}
+
+
+def uses_audio(stage: int) -> bool:
+    return stage >= 2
+
+
+def uses_temporal(stage: int) -> bool:
+    return stage == 3
+
+
+def bypassed_groups(stage: int) -> List[str]:
+    """Branches the model does not run in this stage: their parameters get no gradient."""
+    return [g for g, on in (("audio", uses_audio(stage)), ("temporal", uses_temporal(stage))) if not on]
+
+
+def select_trainable(model: nn.Module, trainable_modules: Sequence[str], stage: int, where: str = "config") -> List[str]:
+    """Set requires_grad by `trainable_modules`; return the trainable parameter names.
+
+    Fails (ConfigError) on an entry that matches no parameter, and on trainable
+    parameters of a branch the stage does not run.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    patterns = [re.compile(MODULE_GROUPS.get(entry, entry)) for entry in trainable_modules]
+    for entry, pattern in zip(trainable_modules, patterns):
+        if not any(pattern.search(n) for n in names):
+            raise ConfigError(f"{where}: trainable_modules entry {entry!r} matches no model parameter "
+                              f"(groups: {sorted(MODULE_GROUPS)}, or a regex over names like {names[0]!r})")
+    trainable = [n for n in names if any(p.search(n) for p in patterns)]
+    for group in bypassed_groups(stage):
+        idle = [n for n in trainable if re.search(MODULE_GROUPS[group], n)]
+        if idle:
+            raise ConfigError(f"{where}: stage {stage} does not run the {group} branch, but trainable_modules "
+                              f"makes {len(idle)} of its parameters trainable (e.g. {idle[0]!r})")
+    chosen = set(trainable)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in chosen)
+    return trainable

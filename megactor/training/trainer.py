@@ -1,0 +1,316 @@
+"""The trainer that train.py drives: one stage per run, on accelerate (one process or many).
+
+Per optimizer step: `gradient_accumulation_steps` batches -> latents, control
+latents, reference latent and Whisper windows (frozen encoders, no grad) ->
+noise at uniform timesteps -> SigmaDiT -> MSE to the noise (or v) -> AdamW,
+LR schedule, EMA. Checkpoints hold what an exact resume needs (checkpoint.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, TrainConfig
+from ..data.dataset import ClipDataset, collate_clips
+from ..diffusion.schedulers import training_scheduler, training_target
+from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, save_pretrained, set_attention_backend
+from ..models.audio_encoder import gather_windows, num_features, window_indices
+from ..models.loading import WEIGHTS_NAME
+from . import checkpoint as ckpt
+from .stages import select_trainable, uses_audio, uses_temporal
+
+logger = logging.getLogger(__name__)
+
+MODE_NAMES = {(1, 0): "visual", (0, 1): "audio", (1, 1): "both"}
+
+
+def check_paths(cfg: TrainConfig, where: str) -> None:
+    """Fail before any work on folders and checkpoints that do not exist."""
+    if not cfg.train_data.data_dirs:
+        raise ConfigError(f"{where}: train_data.data_dirs is empty")
+    for d in cfg.train_data.data_dirs:
+        if not os.path.isdir(d):
+            raise ConfigError(f"{where}: train_data.data_dirs entry {d!r} is not a folder")
+        if not any(f.endswith(".tar") for f in os.listdir(d)):
+            raise ConfigError(f"{where}: train_data.data_dirs entry {d!r} holds no .tar shards")
+    if cfg.init_checkpoint and not os.path.isfile(os.path.join(cfg.init_checkpoint, WEIGHTS_NAME)):
+        raise ConfigError(f"{where}: init_checkpoint {cfg.init_checkpoint!r} is not a SigmaDiT folder "
+                          f"(no {WEIGHTS_NAME}); run the previous stage first")
+    if cfg.resume and cfg.resume != "latest" and not os.path.isfile(os.path.join(cfg.resume, "state.pt")):
+        raise ConfigError(f"{where}: resume={cfg.resume!r} is not a training checkpoint folder")
+    if cfg.stage == 1 and (cfg.train_data.use_audio_ratio or cfg.train_data.use_both_ratio):
+        raise ConfigError(f"{where}: stage 1 feeds no audio, so train_data.use_audio_ratio and "
+                          "train_data.use_both_ratio must be 0")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, where: str = "config"):
+        check_paths(cfg, where)
+        self.cfg = cfg
+        on_gpu = torch.cuda.is_available()
+        precision = cfg.mixed_precision_dtype if cfg.mixed_precision_training and on_gpu else "no"
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not on_gpu, log_with="tensorboard",
+                                       project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
+        self.device = self.accelerator.device
+        set_seed(cfg.seed)  # the same initialisation on every process
+        set_attention_backend(cfg.model.attention)
+
+        model = self._build_model(where)
+        self.trainable_names = select_trainable(model, cfg.trainable_modules, cfg.stage, where)
+        params = [p for p in model.parameters() if p.requires_grad]
+        frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else None
+        self.codec = build_codec(cfg.model.codec).to(self.device, frozen_dtype)
+        self.audio_encoder = (WhisperAudioEncoder(cfg.model.audio_encoder).to(self.device, frozen_dtype)
+                              if uses_audio(cfg.stage) else None)
+        self.noise_scheduler = training_scheduler(cfg.noise_scheduler_kwargs)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                          num_training_steps=cfg.max_train_steps)
+        self.ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.accelerator.process_index)
+        self.step = self.batches_seen = self.nan_streak = self.nan_total = 0
+
+        self.resumed_from = ckpt.resolve_resume(cfg.resume, cfg.output_dir) if cfg.resume else None
+        if self.resumed_from:
+            self._load_checkpoint(model, self.resumed_from)
+        if cfg.compile:
+            for block in list(model.blocks) + list(model.reference_net.blocks):
+                block.compile()
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.params = params
+        self.dataset = ClipDataset(cfg.train_data, seed=cfg.seed, rank=self.accelerator.process_index,
+                                   world_size=self.accelerator.num_processes, batch_size=cfg.train_batch_size,
+                                   skip_batches=self.batches_seen)
+
+    # ------------------------------------------------------------------ setup
+
+    def _build_model(self, where: str) -> SigmaDiT:
+        cfg = self.cfg
+        if not cfg.init_checkpoint:
+            return build_sigma_dit(cfg.model)  # from PixArt when model.transformer_path is set, else random
+        model = build_sigma_dit(cfg.model, load_pretrained=False)
+        weights = load_file(os.path.join(cfg.init_checkpoint, WEIGHTS_NAME))
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ConfigError(f"{where}: init_checkpoint {cfg.init_checkpoint!r} does not fit this config's "
+                              f"model section: {str(e).splitlines()[0]} ...") from None
+        return model
+
+    @property
+    def unwrapped(self) -> SigmaDiT:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ one step
+
+    @torch.no_grad()
+    def prepare_inputs(self, batch: Dict) -> Dict[str, torch.Tensor]:
+        """A data batch -> the model's inputs: latents, control latents, reference latent, audio windows."""
+        dev = self.device
+        use_visual = batch["use_visual"].to(dev)
+        use_audio = batch["use_audio"].to(dev)
+        inputs = {
+            "latents": self.codec.encode_video(batch["pixel_values"].to(dev, self.codec_dtype)).float(),
+            "control": self.codec.encode_video(batch["control"].to(dev, self.codec_dtype)).float(),
+            "reference": self.codec.encode(batch["reference"].to(dev, self.codec_dtype)).float(),
+            "visual_amplitude": use_visual, "audio_amplitude": use_audio,
+        }
+        if self.audio_encoder is not None:
+            lengths = batch["audio_lengths"].tolist()
+            waves = [a[:n].numpy() for a, n in zip(batch["audio"], lengths)]
+            features = self.audio_encoder(waves).float()  # (B, n, L+1, d)
+            valid = torch.tensor([num_features(n) for n in lengths], device=dev)
+            idx = window_indices(batch["frame_indices"].to(dev), batch["fps"].to(dev), valid,
+                                 self.cfg.model.audio_window)
+            inputs["audio"] = gather_windows(features, idx)  # (B, F, W, L+1, d)
+        return inputs
+
+    @property
+    def codec_dtype(self) -> torch.dtype:
+        return next(iter(self.codec.parameters()), torch.empty(0)).dtype
+
+    def compute_loss(self, inputs: Dict[str, torch.Tensor]):
+        """-> (mean loss, per-sample losses (B,))."""
+        latents = inputs["latents"]
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=self.generator, device=self.device)
+        if self.cfg.noise_offset:
+            noise = noise + self.cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1, 1),
+                                                                generator=self.generator, device=self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,),
+                                  generator=self.generator, device=self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = training_target(self.noise_scheduler, latents, noise, timesteps)
+        with self.accelerator.autocast():
+            prediction = self.model(noisy, timesteps, control=inputs["control"], audio=inputs.get("audio"),
+                                    reference=inputs["reference"], audio_amplitude=inputs["audio_amplitude"],
+                                    visual_amplitude=inputs["visual_amplitude"], temporal=uses_temporal(self.cfg.stage))
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+        return per_sample.mean(), per_sample
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flags = self.accelerator.gather(torch.isfinite(value.detach()).float().reshape(1))
+        return bool(flags.min() > 0)
+
+    def train_step(self, batches: List[Dict]) -> Dict[str, float]:
+        """One optimizer step over `batches` (gradient accumulation). Skips it on a non-finite loss or gradient."""
+        cfg, acc = self.cfg, self.accelerator
+        logs: Dict[str, List[float]] = {"loss": []}
+        finite = True
+        for i, batch in enumerate(batches):
+            inputs = self.prepare_inputs(batch)
+            sync = i == len(batches) - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                loss, per_sample = self.compute_loss(inputs)
+                finite = finite and self._all_finite(loss)
+                if not finite:
+                    break
+                acc.backward(loss / len(batches))
+            logs["loss"].append(loss.item())
+            modes = zip(inputs["visual_amplitude"].tolist(), inputs["audio_amplitude"].tolist())
+            for (v, a), l in zip(modes, per_sample.tolist()):
+                logs.setdefault(f"loss/{MODE_NAMES[(round(v), round(a))]}", []).append(l)
+        grad_norm = float("nan")
+        if finite:
+            grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+            finite = math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.params)
+            self.nan_streak = 0
+        else:
+            self.nan_streak += 1
+            self.nan_total += 1
+            logger.warning("step %d: non-finite loss or gradient, step skipped (%d in a row, %d in all)",
+                           self.step + 1, self.nan_streak, self.nan_total)
+            if self.nan_streak >= cfg.max_nan_steps:
+                raise RuntimeError(f"{self.nan_streak} non-finite losses in a row, the last at step {self.step + 1}: "
+                                   "stopping (lower the learning rate, or check the data)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        out = {k: sum(v) / len(v) for k, v in logs.items() if v}
+        out.update(grad_norm=grad_norm, lr=self.lr_scheduler.get_last_lr()[0], nan_skipped=float(self.nan_total))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> str:
+        """Run to max_train_steps; return the folder of the exported model (output_dir/model)."""
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
+                f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        acc.init_trackers("tensorboard")
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=cfg.train_batch_size, num_workers=cfg.train_data.num_workers,
+            collate_fn=collate_clips, pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.train_data.num_workers > 0,
+        )
+        batches = iter(loader)
+        self.model.train()
+        bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc=f"stage {cfg.stage}",
+                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+        window: Dict[str, List[float]] = {}
+        tick = time.perf_counter()
+        while self.step < cfg.max_train_steps:
+            group = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            self.batches_seen += len(group)
+            logs = self.train_step(group)
+            for k, v in logs.items():
+                window.setdefault(k, []).append(v)
+            samples = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_train_steps:
+                elapsed = time.perf_counter() - tick
+                means = {k: sum(v) / len(v) for k, v in window.items()}
+                means["samples_per_s"] = samples * len(window["lr"]) / elapsed
+                if self.device.type == "cuda":
+                    means["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                acc.log(means, step=self.step)
+                bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", sps=f"{means['samples_per_s']:.2f}")
+                window, tick = {}, time.perf_counter()
+            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
+                self.save_checkpoint()
+            if cfg.validation.source_image and (self.step % cfg.validation_steps == 0):
+                self.validate()
+        bar.close()
+        exported = self.export(os.path.join(cfg.output_dir, "model"))
+        acc.end_training()
+        return exported
+
+    # ------------------------------------------------------------------ state
+
+    def _named_trainable(self, params) -> Dict[str, torch.Tensor]:
+        return dict(zip(self.trainable_names, params))
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        rank_state = {"rng": ckpt.rng_state(self.generator)}
+        folder = ckpt.checkpoint_dir(self.cfg.output_dir, self.step)
+        rank_states = gather_object([rank_state])  # each process's RNGs go beside the main checkpoint
+        if acc.is_main_process:
+            ema = None
+            state = {"step": self.step, "batches_seen": self.batches_seen, "nan_total": self.nan_total,
+                     "nan_streak": self.nan_streak, "lr_scheduler": self.lr_scheduler.state_dict()}
+            if self.ema is not None:
+                ema = self._named_trainable(self.ema.shadow_params)
+                state["ema"] = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+            ckpt.save_checkpoint(folder, self._named_trainable(self.params), ema, self.optimizer.state_dict(),
+                                 state, dict(enumerate(rank_states)))
+            ckpt.prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoints_total_limit)
+        acc.wait_for_everyone()
+
+    def _load_checkpoint(self, model: SigmaDiT, folder: str) -> None:
+        loaded = ckpt.load_checkpoint(folder, rank=self.accelerator.process_index)
+        missing = set(self.trainable_names) - set(loaded["trainable"])
+        if missing:
+            raise ConfigError(f"resume: checkpoint {folder} lacks trainable parameters {sorted(missing)[:4]}: "
+                              "was it written with other trainable_modules?")
+        model.load_state_dict(loaded["trainable"], strict=False)
+        self.optimizer.load_state_dict(loaded["optimizer"])
+        state = loaded["state"]
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None and loaded["ema"] is not None:
+            self.ema.load_state_dict({**state["ema"], "shadow_params": [loaded["ema"][n] for n in self.trainable_names]})
+        self.step, self.batches_seen = state["step"], state["batches_seen"]
+        self.nan_total, self.nan_streak = state["nan_total"], state["nan_streak"]
+        if loaded["rank_state"] is not None:
+            ckpt.set_rng_state(loaded["rank_state"]["rng"], self.generator)
+        logger.info("resumed from %s at step %d", folder, self.step)
+
+    def export(self, folder: str) -> str:
+        """Save the full model (EMA weights where kept) with save_pretrained: the next stage's init_checkpoint."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = self.unwrapped.state_dict()
+            if self.ema is not None:
+                state.update(self._named_trainable(self.ema.shadow_params))
+            save_pretrained(self.unwrapped, folder, state_dict=state)
+        acc.wait_for_everyone()
+        return folder
+
+    def validate(self) -> None:
+        from .validation import run_validation
+
+        if self.accelerator.is_main_process:
+            run_validation(self)
+        self.accelerator.wait_for_everyone()

@@ -1,0 +1,34 @@
+"""Train one stage of MegActor-Σ.
+
+    python train.py --config configs/train/tiny/train_stage1.yaml [key=value ...]
+    bash train.sh train.py configs/train/megactor-sigma/train_stage1.yaml 8   # accelerate, 8 GPUs
+"""
+import argparse
+import logging
+import sys
+
+from megactor.config import ConfigError, TrainConfig, load_config
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="a stage config (YAML)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_train_steps=100")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+        from megactor.training.trainer import Trainer
+
+        trainer = Trainer(cfg, where=args.config)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    folder = trainer.train()
+    if trainer.accelerator.is_main_process:
+        print(f"stage {cfg.stage} done: model saved to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

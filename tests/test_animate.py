@@ -1,0 +1,200 @@
+"""The inference pipeline and eval_audio.py, with the tiny preset on the real clips."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megactor.animate import Animator, InputError
+from megactor.config import InferenceConfig, load_config
+from megactor.data.video_io import probe, read_video, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import eval_audio  # noqa: E402
+
+STEPS = ["num_inference_steps=2", "checkpoint=", "context.context_frames=16", "context.context_overlap=4"]
+
+
+@pytest.fixture(scope="module")
+def animator():
+    cfg = load_config(InferenceConfig, str(ROOT / "configs/inference/tiny/inference.yaml"), STEPS)
+    return Animator.from_config(cfg, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clips(testcases):
+    drivers = sorted((testcases / "driver").glob("*.mp4"))
+    sources = sorted((testcases / "source").glob("*.png"))
+    return [str(p) for p in drivers], [str(p) for p in sources]
+
+
+@pytest.fixture(scope="module")
+def long_driver(clips, tmp_path_factory):
+    """A 10-second talking-head driver: the real clips back to back, at 256x256."""
+    frames, audio = [], []
+    for path in clips[0]:
+        clip = read_video(path)
+        frames.append(clip.frames[:, ::2, ::2])
+        audio.append(np.resize(clip.audio, int(round(clip.duration * 16000))))
+    out = tmp_path_factory.mktemp("long") / "long.mp4"
+    frames, audio = np.concatenate(frames)[:300], np.concatenate(audio)[: 300 * 16000 // 30]
+    write_video(str(out), frames, 30.0, audio)
+    return str(out)
+
+
+def run_cli(tmp_path, *args):
+    return eval_audio.main(["--config", str(ROOT / "configs/inference/tiny/inference.yaml"), *args, *STEPS])
+
+
+def test_mixed_mode_writes_the_drivers_frames_fps_and_audio(clips, tmp_path):
+    drivers, sources = clips
+    out = tmp_path / "out.mp4"
+    assert run_cli(tmp_path, "--source", sources[0], "--driver", drivers[0], "--output-path", str(out), "--grid") == 0
+    info, driver = probe(str(out)), probe(drivers[0])
+    assert info["has_audio"]
+    assert info["fps"] == driver["fps"]
+    assert read_video(str(out), with_audio=False).num_frames == read_video(drivers[0], with_audio=False).num_frames
+    assert abs(info["duration"] - driver["duration"]) <= 1 / driver["fps"]
+    grid = read_video(str(tmp_path / "out_grid.mp4"), with_audio=False)
+    assert grid.frames.shape[2] == 4 * grid.frames.shape[1]  # source | driver | control | result
+
+
+@pytest.mark.parametrize("mode", ["visual", "audio"])
+def test_single_modality_modes(animator, clips, mode):
+    drivers, sources = clips
+    result = animator.animate(sources[1], drivers[1], mode=mode, limit=1.0, progress=False)
+    assert result.frames.shape == (30, 64, 64, 3) and result.fps == 30.0
+    assert result.audio is not None and len(result.audio) == 16000
+    assert (result.control is None) == (mode == "audio")
+
+
+def test_visual_control_shows_the_mouth_only_without_audio(animator, clips):
+    drivers, sources = clips
+    visual = animator.animate(sources[0], drivers[0], mode="visual", limit=0.4, progress=False)
+    mixed = animator.animate(sources[0], drivers[0], mode="mixed", limit=0.4, progress=False)
+    assert (visual.control > 0).sum() > (mixed.control > 0).sum()  # eyes + mouth vs eyes
+
+
+def test_unpaired_audio_from_another_file(animator, clips):
+    drivers, sources = clips
+    result = animator.animate(sources[0], drivers[0], audio=drivers[2], limit=1.0, progress=False)
+    other = read_video(drivers[2]).audio[:16000]
+    assert np.corrcoef(result.audio[: len(other)], other)[0, 1] > 0.99
+    assert len(result.frames) == 30
+
+
+def test_ten_second_driver_in_8_frame_windows(animator, long_driver):
+    animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 8, 2
+    try:
+        result = animator.animate(animator_source(), long_driver, progress=False)
+    finally:
+        animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 16, 4
+    assert result.frames.shape == (300, 64, 64, 3)
+    assert np.isfinite(result.frames).all() and result.frames.std() > 0
+
+
+def animator_source():
+    return str(sorted((ROOT.parent / "shared/testcases/source").glob("*.png"))[2])
+
+
+def test_same_seed_same_frames(animator, clips):
+    drivers, sources = clips
+    a = animator.animate(sources[0], drivers[0], limit=0.5, seed=7, progress=False)
+    b = animator.animate(sources[0], drivers[0], limit=0.5, seed=7, progress=False)
+    c = animator.animate(sources[0], drivers[0], limit=0.5, seed=8, progress=False)
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_unit_scales_and_amplitudes_equal_the_fully_conditioned_prediction(animator, clips):
+    """With s_a = s_v = a_a = a_v = 1 the guided model_fn is one pass with every condition on."""
+    drivers, sources = clips
+    g = animator.cfg.guidance
+    g.guidance_scale, saved = 1.0, (g.guidance_scale,)
+    calls = []
+    original = animator.model.forward
+
+    def spy(*args, **kwargs):
+        calls.append((args[0].shape[0], kwargs["audio_amplitude"].tolist(), kwargs["visual_amplitude"].tolist()))
+        return original(*args, **kwargs)
+
+    animator.model.forward = spy
+    try:
+        animator.animate(sources[0], drivers[0], limit=0.2, progress=False)
+    finally:
+        del animator.model.forward
+        g.guidance_scale = saved[0]
+    assert calls and all(c == (1, [1.0], [1.0]) for c in calls)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _no_output(tmp_path):
+    return not any(p.suffix == ".mp4" for p in tmp_path.rglob("*"))
+
+
+def test_missing_file(tmp_path, clips, capsys):
+    code = run_cli(tmp_path, "--source", str(tmp_path / "nope.png"), "--driver", clips[0][0],
+                   "--output-path", str(tmp_path))
+    assert code != 0 and "nope.png: no such file" in capsys.readouterr().err and _no_output(tmp_path)
+
+
+def test_file_that_is_not_media(tmp_path, clips, capsys):
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("not a video")
+    code = run_cli(tmp_path, "--source", clips[1][0], "--driver", str(fake), "--output-path", str(tmp_path / "o"))
+    err = capsys.readouterr().err
+    assert code != 0 and "fake.mp4" in err and "not a readable media file" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_source_without_face_fails_unless_no_crop(tmp_path, clips, capsys):
+    from PIL import Image
+
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((128, 96, 3), 180, np.uint8)).save(blank)
+    code = run_cli(tmp_path, "--source", str(blank), "--driver", clips[0][0], "--output-path", str(tmp_path / "o"))
+    assert code != 0 and "no face found" in capsys.readouterr().err and _no_output(tmp_path)
+    # --no-crop with audio-only driving animates the whole image
+    out = tmp_path / "o" / "wall.mp4"
+    assert run_cli(tmp_path, "--source", str(blank), "--driver", clips[0][0], "--no-visual", "--no-crop",
+                   "--limit", "0.5", "--output-path", str(out)) == 0
+    assert out.exists()
+
+
+def test_driver_without_face_in_a_visual_mode(tmp_path, clips, capsys):
+    noise = np.random.default_rng(0).integers(0, 255, (15, 64, 64, 3), dtype=np.uint8)
+    driver = tmp_path / "noise.mp4"
+    write_video(str(driver), noise, 25.0, np.zeros(16000 * 15 // 25, np.float32))
+    code = run_cli(tmp_path, "--source", clips[1][0], "--driver", str(driver), "--no-audio",
+                   "--output-path", str(tmp_path / "o"))
+    assert code != 0 and "no face found in the driver" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_audio_only_without_audio(tmp_path, clips, capsys):
+    silent = tmp_path / "silent.mp4"
+    write_video(str(silent), read_video(clips[0][0], max_seconds=0.5).frames, 30.0)
+    code = run_cli(tmp_path, "--source", clips[1][0], "--driver", str(silent), "--no-visual",
+                   "--output-path", str(tmp_path / "o"))
+    assert code != 0 and "needs audio" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_config_pairs_run_and_a_failing_pair_does_not_stop_the_rest(tmp_path, clips, capsys):
+    drivers, sources = clips
+    cfg = tmp_path / "pairs.yaml"
+    cfg.write_text(
+        "model:\n  preset: tiny\nsample_size: 64\nlimit: 0.4\n"
+        f"source_image: [{sources[0]}, {tmp_path / 'missing.png'}, {sources[1]}]\n"
+        f"video_path: [{drivers[0]}, {drivers[1]}, {drivers[2]}]\n"
+    )
+    code = eval_audio.main(["--config", str(cfg), "--output-path", str(tmp_path / "out"), *STEPS])
+    assert code == 1
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.mp4"))
+    assert written == sorted([f"{Path(sources[0]).stem}_{Path(drivers[0]).stem}.mp4",
+                              f"{Path(sources[1]).stem}_{Path(drivers[2]).stem}.mp4"])
+    assert "1 of 3 pairs failed" in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""Context windows, multi-modal guidance and the windowed sampler."""
+import pytest
+import torch
+
+from megactor.config import NoiseSchedulerConfig
+from megactor.diffusion.context import context_windows, window_weights
+from megactor.diffusion.guidance import Branch, combine, guidance_branches
+from megactor.diffusion.sampler import sample_video, windowed_prediction
+from megactor.diffusion.schedulers import sampling_scheduler
+
+
+@pytest.mark.parametrize("frames,length,overlap", [(5, 8, 2), (8, 8, 2), (9, 8, 2), (40, 16, 4), (250, 8, 2),
+                                                   (33, 16, 0), (17, 16, 15)])
+def test_windows_cover_every_frame_at_every_step_and_weights_sum_to_one(frames, length, overlap):
+    seams = set()
+    for step in range(12):
+        windows = context_windows(frames, length, overlap, step)
+        assert all(len(w) == min(length, frames) for w in windows)
+        assert all(0 <= w.start and w.stop <= frames for w in windows)
+        covered = sorted({i for w in windows for i in w})
+        assert covered == list(range(frames))
+        for a, b in zip(windows, windows[1:]):  # consecutive windows overlap by at least `overlap`
+            assert a.stop - b.start >= overlap
+        weights = window_weights(windows, frames)
+        assert torch.allclose(weights.sum(0), torch.ones(frames))
+        seams.add(tuple(w.start for w in windows))
+    if frames >= 2 * length and length - overlap > 2:
+        assert len(seams) > 1  # the windows move between steps
+
+
+def test_guidance_formula_and_branch_batching():
+    eps0, eps_a, eps_av = torch.randn(3, 2, 4)
+    s_a, s_v = 3.0, 1.5
+    branches = guidance_branches(True, True, s_a, s_v)
+    assert [(b.audio, b.visual) for b in branches] == [(False, False), (True, False), (True, True)]
+    guided = combine(torch.cat([eps0, eps_a, eps_av]), branches)
+    assert torch.allclose(guided, eps0 + s_a * (eps_a - eps0) + s_v * (eps_av - eps_a), atol=1e-6)
+    # the single knob: equal scales need no audio-only pass
+    assert [(b.audio, b.visual) for b in guidance_branches(True, True, 2.0, 2.0)] == [(False, False), (True, True)]
+    with pytest.raises(ValueError):
+        guidance_branches(False, False, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("audio,visual", [(True, True), (True, False), (False, True)])
+def test_scales_of_one_give_the_fully_conditioned_prediction(audio, visual):
+    branches = guidance_branches(audio, visual, 1.0, 1.0)
+    assert branches == [Branch(audio, visual, 1.0)]
+    full = torch.randn(2, 4)
+    assert torch.equal(combine(full, branches), full)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmsolver++"])
+def test_windowed_sampling_equals_whole_video_sampling_for_a_per_frame_model(name):
+    """A model that treats frames independently must give the same video whatever the windows."""
+    scheduler_cfg = NoiseSchedulerConfig()
+    weights = torch.randn(1, 3, 1, 1, 1) * 0.1
+
+    def model_fn(x, t, frames):
+        return x * 0.5 + weights * (t / 1000.0)
+
+    noise = torch.randn(1, 3, 20, 4, 4)
+    whole = sample_video(model_fn, noise, sampling_scheduler(name, scheduler_cfg), 6, 32, 0, progress=False)
+    windowed = sample_video(model_fn, noise, sampling_scheduler(name, scheduler_cfg), 6, 8, 3, progress=False)
+    assert torch.allclose(whole, windowed, atol=1e-5)
+
+
+def test_windows_split_across_ranks_sum_to_the_single_process_prediction():
+    latents = torch.randn(1, 2, 30, 2, 2)
+    gain = torch.linspace(0.5, 1.5, 30).view(1, 1, -1, 1, 1)
+
+    def model_fn(x, t, frames):  # depends on where the window sits, as a real model's output does
+        return x * gain[:, :, frames.start:frames.stop] + frames.start * 1e-2
+
+    windows = context_windows(30, 8, 2, step=3)
+    single = windowed_prediction(model_fn, latents, torch.tensor(10), windows)
+    split = [windowed_prediction(model_fn, latents, torch.tensor(10), windows, rank=r, world_size=3) for r in range(3)]
+    assert torch.allclose(sum(split), single, atol=1e-6)
+    assert all(not torch.allclose(s, single) for s in split)

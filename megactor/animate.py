@@ -85,7 +85,7 @@ class Animator:
             logger.warning("=" * 70 + "\nNo checkpoint in the config: using a RANDOMLY INITIALISED model. "
                            "The output will be noise-like.\n" + "=" * 70)
             model = SigmaDiT(cfg.model)
-        model = model.to(device, dtype).eval()
+        model = model.to(device, dtype).eval().requires_grad_(False)
         if cfg.compile:
             for block in list(model.blocks) + list(model.reference_net.blocks):
                 block.compile()

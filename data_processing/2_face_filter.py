@@ -1,0 +1,10 @@
+"""Step 2: keep clips with one complete face on (nearly) every frame. See megactor/curation/pipeline.py."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+from megactor.curation.pipeline import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["face"]))

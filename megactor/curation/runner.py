@@ -1,0 +1,249 @@
+"""What every curation step shares: resumable per-item work, parallel workers, shard assembly.
+
+A step turns items (videos, or the clips of the previous step's shards) into
+clips with measurements, in two phases:
+
+1. Work. Each item is processed on its own (``Step.process``), in a pool of
+   worker processes, and leaves ``<step>/work/<item>.json`` (its records) plus
+   whatever clip files it wrote in ``<step>/work/<item>/``. The record file is
+   written last and atomically: it marks the item done, and a re-run skips it.
+   A fault in one item becomes a record with a reason; the run goes on.
+2. Assembly, in the main process, in item order. Clip-level thresholds
+   (``Step.decide``) drop clips with a reason; the kept clips are planned into
+   shards by size (``plan_shards``), and each shard is written whole under a
+   temporary name and renamed. The plan is saved; when a re-run plans the same
+   shards, those already on disk are kept. ``records.jsonl`` lists every clip.
+
+Nothing in the shards depends on worker timing or on where a killed run
+stopped: the same inputs and settings give the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import tempfile
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+from tqdm import tqdm
+
+from megactor.curation.config import CurationConfig
+from megactor.data.shards import SHARD_PATTERN, SampleRef, index_shard, list_shards, plan_shards, write_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # unique and file-name safe; items are sharded in key order
+    source: Any  # what Step.process reads: a video path, a SampleRef
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are for everyone who may read the folder
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Step(ABC):
+    """One stage of the pipeline. Subclasses set ``name`` and ``folder`` and implement ``items``/``process``."""
+
+    name: str  # "pack", "face", "audio": the value of the records' "step" column
+    folder: str  # its folder under the output directory
+
+    def shard_dir(self, out_dir: str) -> str:
+        return os.path.join(out_dir, self.folder, "shards")
+
+    @abstractmethod
+    def items(self, in_dir: str, out_dir: str) -> list[Item]:
+        """The work of this step, sorted by key. Raises FileNotFoundError when its input is missing."""
+
+    def setup(self, cfg: CurationConfig) -> None:
+        """Open per-process resources (a face analyser); runs once in each worker."""
+
+    def teardown(self) -> None:
+        """Release what ``setup`` opened."""
+
+    @abstractmethod
+    def process(self, item: Item, cfg: CurationConfig, item_dir: str) -> list[dict]:
+        """Measure one item -> clip entries {"record": {...}, "json": sample json or None, "mp4": ref or None}.
+
+        ``record`` holds "key", "source", the measurements and "reason" (None when
+        the clip passed so far). ``mp4`` = {"path", "offset", "size"} locates the
+        clip's video bytes in a file. Expected faults
+        (unreadable media, no face) are records with a reason, not exceptions.
+        """
+
+    def decide(self, record: dict, cfg: CurationConfig) -> Optional[str]:
+        """The reason to drop a measured clip under ``cfg``'s thresholds, or None to keep it."""
+        return None
+
+
+# --------------------------------------------------------------------------- phase 1: work
+
+_WORKER: dict = {}
+
+
+def _work_path(work_dir: str, item: Item) -> str:
+    return os.path.join(work_dir, item.key + ".json")
+
+
+def _run_item(step: Step, item: Item, cfg: CurationConfig, work_dir: str, out_dir: str) -> None:
+    item_dir = os.path.join(work_dir, item.key)
+    try:
+        clips = step.process(item, cfg, item_dir)
+    except Exception as e:  # a bug or an unforeseen fault in one item must not stop the others
+        log.warning("%s: %s failed:\n%s", step.name, item.key, traceback.format_exc())
+        clips = [{"record": {"key": None, "source": str(getattr(item.source, "key", item.source)),
+                             "reason": "error", "error": f"{type(e).__name__}: {e}"}, "json": None, "mp4": None}]
+    entries = []
+    for clip in clips:
+        record = {"step": step.name, **clip["record"]}
+        sample = None
+        if clip["json"] is not None:
+            data = dump_json(clip["json"])
+            name = os.path.join(item_dir, record["key"] + ".json")
+            write_atomic(name, data)
+            mp4 = {**clip["mp4"], "path": os.path.relpath(clip["mp4"]["path"], out_dir)}
+            sample = {"json": os.path.relpath(name, out_dir), "json_size": len(data), "mp4": mp4}
+        entries.append({"record": record, "sample": sample})
+    write_atomic(_work_path(work_dir, item), dump_json(entries))
+
+
+def _init_worker(step: Step, cfg: CurationConfig, work_dir: str, out_dir: str) -> None:
+    step.setup(cfg)
+    _WORKER.update(step=step, cfg=cfg, work_dir=work_dir, out_dir=out_dir)
+
+
+def _run_in_worker(item: Item) -> None:
+    _run_item(_WORKER["step"], item, _WORKER["cfg"], _WORKER["work_dir"], _WORKER["out_dir"])
+
+
+def process_items(step: Step, items: list[Item], cfg: CurationConfig, work_dir: str, out_dir: str) -> None:
+    """Run ``step.process`` on the items without a finished record file, in ``cfg.workers`` processes."""
+    todo = [item for item in items if not os.path.exists(_work_path(work_dir, item))]
+    if len(todo) < len(items):
+        log.info("%s: %d of %d items already done", step.name, len(items) - len(todo), len(items))
+    if not todo:
+        return
+    bar = tqdm(total=len(todo), desc=f"{step.folder}", unit="item")
+    if cfg.workers == 1 or len(todo) == 1:
+        step.setup(cfg)
+        try:
+            for item in todo:
+                _run_item(step, item, cfg, work_dir, out_dir)
+                bar.update()
+        finally:
+            step.teardown()
+    else:  # spawn: MediaPipe and PyAV hold threads that a fork would copy half-way
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker,
+                      initargs=(step, cfg, work_dir, out_dir)) as pool:
+            for _ in pool.imap_unordered(_run_in_worker, todo):
+                bar.update()
+    bar.close()
+
+
+# --------------------------------------------------------------------------- phase 2: assembly
+
+
+def _sample_bytes(sample: dict, key: str, out_dir: str) -> dict:
+    with open(os.path.join(out_dir, sample["json"]), "rb") as f:
+        meta = f.read()
+    ref = sample["mp4"]
+    ref = SampleRef(os.path.join(out_dir, ref["path"]), key, {"mp4": (ref["offset"], ref["size"])})
+    return {"__key__": key, "json": meta, "mp4": ref.read("mp4")}
+
+
+def write_shards(shard_dir: str, samples: list[tuple[str, dict]], max_mb: float, out_dir: str,
+                 plan_path: str, desc: str) -> list[str]:
+    """Write (key, sample) pairs, in order, into shards of at most ``max_mb``; returns the shard paths.
+
+    Shards of an unchanged plan that already exist are kept; shards of another
+    plan are removed first.
+    """
+    sizes = [s["json_size"] + s["mp4"]["size"] for _, s in samples]
+    plan = [[samples[i][0] for i in r] for r in plan_shards(sizes, max_mb * 2**20)]
+    os.makedirs(shard_dir, exist_ok=True)
+    old_plan = None
+    if os.path.exists(plan_path):
+        with open(plan_path) as f:
+            old_plan = json.load(f)
+    if old_plan != plan:
+        for path in list_shards(shard_dir):
+            os.remove(path)
+        write_atomic(plan_path, json.dumps(plan).encode())
+    by_key = dict(samples)
+    paths = []
+    for i, keys in enumerate(tqdm(plan, desc=f"{desc} shards", unit="shard")):
+        path = os.path.join(shard_dir, SHARD_PATTERN.format(i))
+        if not os.path.exists(path):
+            write_shard(path, (_sample_bytes(by_key[k], k, out_dir) for k in keys))
+        paths.append(path)
+    return paths
+
+
+def run_step(step: Step, in_dir: str, out_dir: str, cfg: CurationConfig) -> list[dict]:
+    """Process (or resume) ``step`` and assemble its shards; returns its records, one per clip or failed input."""
+    folder = os.path.join(out_dir, step.folder)
+    work_dir = os.path.join(folder, "work")
+    items = step.items(in_dir, out_dir)
+    process_items(step, items, cfg, work_dir, out_dir)
+
+    records, kept = [], []
+    for item in items:
+        with open(_work_path(work_dir, item)) as f:
+            entries = json.load(f)
+        for entry in entries:
+            record = entry["record"]
+            if record["reason"] is None:
+                record["reason"] = step.decide(record, cfg)
+            record["kept"] = record["reason"] is None
+            records.append(record)
+            if record["kept"]:
+                kept.append((record["key"], entry["sample"]))
+    write_shards(step.shard_dir(out_dir), kept, cfg.shard_size_mb, out_dir,
+                 os.path.join(folder, "plan.json"), step.folder)
+    write_atomic(os.path.join(folder, "records.jsonl"), b"".join(dump_json(r) + b"\n" for r in records))
+    dropped = len(records) - len(kept)
+    log.info("%s: %d kept, %d dropped", step.name, len(kept), dropped)
+    return records
+
+
+def shard_items(shard_dir: str, previous: str) -> list[Item]:
+    """The samples of the shards in ``shard_dir`` as items; FileNotFoundError names the step to run first."""
+    shards = list_shards(shard_dir)
+    if not shards and not os.path.isdir(shard_dir):
+        raise FileNotFoundError(f"no shards in {shard_dir}: run {previous} first")
+    return sorted((Item(ref.key, ref) for path in shards for ref in index_shard(path)), key=lambda it: it.key)
+
+
+def iter_records(out_dir: str, steps: list[Step]) -> Iterator[tuple[Step, list[dict]]]:
+    """(step, records) for each step of ``steps`` that has finished in ``out_dir``."""
+    for step in steps:
+        path = os.path.join(out_dir, step.folder, "records.jsonl")
+        if os.path.exists(path):
+            yield step, read_jsonl(path)

@@ -1,0 +1,280 @@
+"""Training clips from curated shards: an endless, shuffled, exactly resumable stream.
+
+Stream. The samples of every shard under ``cfg.data_dirs`` are listed once,
+sorted by (shard path, key), from the tar headers (``shards.index_shard``).
+Epoch ``e`` shuffles them with a permutation drawn from ``(seed, e)``. The
+DataLoader worker ``w`` of ``W`` on rank ``r`` of ``R`` is stream ``g = r * W + w``
+of ``G = R * W`` and takes every G-th sample of the permutation, starting at
+``g``; its stream is its share of epoch 0, then of epoch 1, and so on. Within
+an epoch the shares are disjoint and cover the data set (up to the last
+``N mod G`` samples' being spread unevenly).
+
+Position -> sample. Everything random about the sample at position ``p`` of
+stream ``g`` comes from a generator seeded with ``(seed, epoch, sample index)``
+and drawn in a fixed order: clip start, reference frame, mode, augmentation.
+No state passes between samples, so the stream is a pure function of
+``(seed, R, W, position)``.
+
+Exact resume. The DataLoader takes batch ``b`` from worker ``b % W``, each
+batch being that worker's next ``batch_size`` samples. After ``n`` batches,
+worker ``w`` has delivered ``ceil((n - w) / W)`` of them, so with
+``skip_batches=n`` it starts at position ``batch_size * ceil((n - w) / W)``:
+nothing before it is read or decoded (plan first, decode later).
+
+Corrupt samples (undecodable video, bad json, too few valid frames) are
+skipped and counted (``skipped``, with a warning giving the running total),
+and the position is filled with another sample of the same share, picked
+from ``(seed, epoch, stream, position, attempt)``; positions never depend on
+what decoded, so resuming stays exact. The replacement is the one way a
+sample can appear twice in an epoch.
+
+Per sample: ``video_length`` frames at ``frame_stride`` (a start drawn
+uniformly among those whose frames are all valid), a reference frame of the
+same clip at least ``ref_min_distance`` frames from every sampled frame (else
+the farthest valid frame), one face-centred square crop around the union of
+these frames' face boxes, resized to ``sample_size``; the mode (visual,
+audio, both) drawn with the configured ratios; control frames from
+``control.control_frames`` (driver = the augmented crops, source = the
+reference crop): eyes+mouth for visual, eyes for both, black for audio.
+
+Augmentation (one draw per sample, on the driver crops before control
+extraction, against identity leakage through the control): an affine warp
+with rotation, independent x/y scales and translation, and brightness and
+contrast jitter. The control is aligned to the reference by a similarity, which
+absorbs rotation, uniform scale and translation, so what reaches the control is
+the change of aspect (x vs y scale) of eyes and mouth and of their contrast;
+colour and saturation do not survive the grayscale control and are not drawn.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from itertools import count
+from typing import Iterator, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from megactor.config import AugmentConfig, TrainDataConfig
+from megactor.data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points, warp_frames
+from megactor.data.shards import SampleRef, decode_audio, decode_frames, index_shard, list_shards
+from megactor.data.video_io import MediaError
+
+log = logging.getLogger(__name__)
+
+MODES = ("visual", "audio", "both")
+CONTROL_MODE = {"visual": "eyes+mouth", "both": "eyes"}
+MAX_ATTEMPTS = 16
+
+
+class CorruptSample(ValueError):
+    """A sample that cannot be used; the message names it and why."""
+
+
+def batches_before(skip_batches: int, worker: int, num_workers: int) -> int:
+    """How many of the first ``skip_batches`` round-robin batches came from ``worker``."""
+    return max(0, math.ceil((skip_batches - worker) / num_workers))
+
+
+def valid_starts(valid: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """(T,) bool -> the starts s whose frames s, s + stride, ..., s + (length - 1) * stride are all valid."""
+    span = (length - 1) * stride + 1
+    if len(valid) < span:
+        return np.zeros(0, np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(valid, span)[:, ::stride]  # (T - span + 1, length)
+    return np.flatnonzero(windows.all(1))
+
+
+def pick_reference(valid: np.ndarray, frames: np.ndarray, min_distance: int, rng: np.random.Generator) -> int:
+    """A valid frame at least ``min_distance`` from every frame in ``frames``; else the farthest valid one."""
+    candidates = np.flatnonzero(valid)
+    distance = np.abs(candidates[:, None] - frames[None, :]).min(1)
+    far = candidates[distance >= min_distance]
+    if len(far):
+        return int(rng.choice(far))
+    return int(candidates[np.argmax(distance)])
+
+
+def draw_mode(u: float, audio_ratio: float, both_ratio: float) -> str:
+    return "audio" if u < audio_ratio else "both" if u < audio_ratio + both_ratio else "visual"
+
+
+def plan_sample(valid: np.ndarray, cfg: TrainDataConfig, rng: np.random.Generator) -> tuple[np.ndarray, int, str]:
+    """(T,) per-frame validity -> (frame indices (L,), reference frame, mode), drawn in this order from ``rng``.
+
+    Raises CorruptSample when no run of ``video_length`` valid frames at ``frame_stride`` exists.
+    """
+    starts = valid_starts(valid, cfg.video_length, cfg.frame_stride)
+    if not len(starts):
+        raise CorruptSample(f"no {cfg.video_length} valid frames at stride {cfg.frame_stride} in {len(valid)}")
+    indices = int(rng.choice(starts)) + np.arange(cfg.video_length) * cfg.frame_stride  # (L,)
+    ref_index = pick_reference(valid, indices, cfg.ref_min_distance, rng)
+    return indices, ref_index, draw_mode(rng.random(), cfg.use_audio_ratio, cfg.use_both_ratio)
+
+
+def augment(frames: np.ndarray, landmarks: np.ndarray, cfg: AugmentConfig,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(T, S, S, 3) uint8 crops and (T, N, 2) landmarks -> the same after one random affine and brightness/contrast.
+
+    Draws, in this order: affine? (affine_prob), rotation, x scale, y scale, x/y
+    translation, brightness, contrast; all draws happen whether used or not, so
+    every sample consumes the generator alike.
+    """
+    size = frames.shape[1]
+    apply_affine = rng.random() < cfg.affine_prob
+    angle = np.deg2rad(rng.uniform(-cfg.max_rotate, cfg.max_rotate))
+    sx, sy = rng.uniform(1 - cfg.max_scale, 1 + cfg.max_scale, 2)
+    shift = rng.uniform(-cfg.max_translate, cfg.max_translate, 2) * size
+    brightness, contrast = rng.uniform(1 - cfg.color_jitter, 1 + cfg.color_jitter, 2)
+    if apply_affine:
+        c, s = np.cos(angle), np.sin(angle)
+        linear = np.array([[c, -s], [s, c]]) @ np.diag([sx, sy])
+        centre = np.full(2, size / 2)
+        matrix = np.concatenate([linear, (centre + shift - linear @ centre)[:, None]], 1)  # (2, 3) about the centre
+        frames = warp_frames(frames, matrix, size)
+        landmarks = transform_points(landmarks, matrix)
+    x = frames.astype(np.float32) * brightness
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    frames = np.clip((x - mean) * contrast + mean, 0, 255).astype(np.uint8)
+    return frames, landmarks
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(..., H, W, C) uint8 -> (C, ..., H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0)
+    return x.movedim(-1, 0)
+
+
+class ClipDataset(IterableDataset):
+    """Endless stream of training samples from the shards under ``cfg.data_dirs`` (see the module docstring).
+
+    Each sample is a dict: "pixel_values" (3, L, S, S), "reference" (3, S, S), "control" (3, L, S, S),
+    all float32 in [-1, 1]; "use_visual", "use_audio" float32 0/1; "audio" (A,) float32 16 kHz mono,
+    the clip's whole track; "frame_indices" (L,) int64; "fps" float32; "key" str.
+    """
+
+    def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1, skip_batches: int = 0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.cfg, self.seed = cfg, seed
+        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.skip_batches = batch_size, skip_batches
+        shards = []
+        for folder in cfg.data_dirs:
+            found = list_shards(os.path.join(folder, "shards")) or list_shards(folder)
+            if not found:
+                raise FileNotFoundError(f"train_data.data_dirs: no *.tar shards in {folder} (nor in {folder}/shards)")
+            shards += found
+        self.samples: list[SampleRef] = [ref for path in sorted(shards) for ref in index_shard(path)]
+        self.skipped = 0
+        self._epoch_order: tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def __len__(self) -> int:
+        """Samples in one epoch (the stream itself is endless)."""
+        return len(self.samples)
+
+    # ------------------------------------------------------------------ the plan
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._epoch_order[0] != epoch:
+            self._epoch_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.samples)))
+        return self._epoch_order[1]
+
+    def plan(self, stream: int, streams: int, position: int, attempt: int = 0) -> tuple[int, int]:
+        """(epoch, sample index) at ``position`` of ``stream`` (of ``streams``); attempt > 0 picks a replacement."""
+        share = len(range(stream, len(self.samples), streams))
+        if share == 0:
+            raise ValueError(f"{len(self.samples)} samples cannot feed {streams} streams (ranks x workers)")
+        epoch, i = divmod(position, share)
+        if attempt:
+            i = int(np.random.default_rng([self.seed, epoch, stream, position, attempt]).integers(share))
+        return epoch, int(self._order(epoch)[stream + i * streams])
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        num_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        if info is not None:
+            cv2.setNumThreads(1)  # parallelism comes from the workers
+        stream, streams = self.rank * num_workers + worker, self.world_size * num_workers
+        start = self.batch_size * batches_before(self.skip_batches, worker, num_workers)
+        for position in count(start):
+            yield self.sample_at(stream, streams, position)
+
+    def sample_at(self, stream: int, streams: int, position: int) -> dict:
+        """The sample at ``position`` of ``stream``, replacing corrupt ones (counted in ``skipped``)."""
+        for attempt in range(MAX_ATTEMPTS):
+            epoch, index = self.plan(stream, streams, position, attempt)
+            try:
+                return self.load(index, np.random.default_rng([self.seed, epoch, index, attempt]))
+            except (CorruptSample, MediaError, OSError, KeyError) as e:
+                self.skipped += 1
+                log.warning("skipped a corrupt sample (%s); %d skipped so far in this process", e, self.skipped)
+        raise RuntimeError(f"{MAX_ATTEMPTS} corrupt samples in a row at position {position} of stream {stream}")
+
+    # ------------------------------------------------------------------ one sample
+
+    def load(self, index: int, rng: np.random.Generator) -> dict:
+        """Read, crop, augment and convert sample ``index`` with the draws of ``rng``."""
+        cfg, ref = self.cfg, self.samples[index]
+        name = f"{ref.shard}:{ref.key}"
+        try:
+            meta = ref.read_json()
+            faces, fps = meta["faces"], float(meta["fps"])
+            valid = np.asarray(faces["valid"], bool)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptSample(f"{name}: bad json ({e})") from None
+        try:
+            indices, ref_index, mode = plan_sample(valid, cfg, rng)
+        except CorruptSample as e:
+            raise CorruptSample(f"{name}: {e}") from None
+
+        data = ref.read("mp4")
+        frames, _ = decode_frames(data, name, stop=max(int(indices[-1]), ref_index) + 1)
+        if len(frames) <= max(int(indices[-1]), ref_index):
+            raise CorruptSample(f"{name}: {len(frames)} frames decoded, the json lists {len(valid)}")
+        audio = decode_audio(data, name, int(meta.get("sample_rate", 16000)))
+        try:
+            landmarks = np.array([faces["landmarks"][i] for i in indices], np.float32)  # (L, N, 2)
+            ref_landmarks = np.array(faces["landmarks"][ref_index], np.float32)  # (N, 2)
+            boxes = np.array([faces["boxes"][i] for i in [*indices, ref_index]], np.float64)  # (L + 1, 4)
+        except (IndexError, TypeError, ValueError) as e:
+            raise CorruptSample(f"{name}: bad face records ({e})") from None
+
+        union = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
+        box = face_crop_box(union, frames.shape[1:3], cfg.crop_margin)
+        size = cfg.sample_size
+        clip = np.stack([crop_and_resize(frames[i], box, size) for i in indices])  # (L, S, S, 3)
+        reference = crop_and_resize(frames[ref_index], box, size)  # (S, S, 3)
+        to_crop = crop_matrix(box, size)
+        driver, driver_landmarks = augment(clip, transform_points(landmarks, to_crop), cfg.augmentation, rng)
+        if mode == "audio":
+            control = np.zeros(clip.shape[:3], np.uint8)
+        else:
+            control, _ = control_frames(driver, driver_landmarks, transform_points(ref_landmarks, to_crop), size,
+                                        CONTROL_MODE[mode])  # (L, S, S)
+        return {
+            "pixel_values": to_tensor(clip),  # (3, L, S, S)
+            "reference": to_tensor(reference),  # (3, S, S)
+            "control": to_tensor(np.repeat(control[..., None], 3, -1)),  # (3, L, S, S)
+            "use_visual": torch.tensor(float(mode != "audio")),
+            "use_audio": torch.tensor(float(mode != "visual")),
+            "audio": torch.from_numpy(audio),
+            "frame_indices": torch.from_numpy(indices.astype(np.int64)),
+            "fps": torch.tensor(fps, dtype=torch.float32),
+            "key": ref.key,
+        }
+
+
+def collate_clips(batch: list[dict]) -> dict:
+    """Stack a list of samples; "audio" is zero-padded to the longest, with "audio_lengths" (B,) int64."""
+    out = {k: torch.stack([s[k] for s in batch]) for k in batch[0] if k not in ("audio", "key")}
+    lengths = torch.tensor([len(s["audio"]) for s in batch], dtype=torch.int64)
+    audio = torch.zeros(len(batch), int(lengths.max()))
+    for i, s in enumerate(batch):
+        audio[i, :len(s["audio"])] = s["audio"]
+    out.update(audio=audio, audio_lengths=lengths, key=[s["key"] for s in batch])
+    return out

@@ -1,0 +1,1 @@
+"""Metrics: lip sync (audio-visual), per-clip dataset statistics."""

@@ -131,7 +131,8 @@ def control_patches(landmarks: np.ndarray, mode: str, patch_margin: float) -> np
 
 
 def control_frames(driver_frames: np.ndarray, driver_landmarks: np.ndarray, source_landmarks: np.ndarray,
-                   out_size: int, mode: str = "eyes+mouth", patch_margin: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+                   out_size: int, mode: str = "eyes+mouth",
+                   patch_margin: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """The driver's eyes (and mouth), aligned to the source crop, grayscale, zero elsewhere.
 
     driver_frames (T, H, W, 3) uint8 and driver_landmarks (T, N, k) in driver pixels;

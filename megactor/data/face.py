@@ -343,7 +343,8 @@ class DWPoseFaceAnalyser(FaceAnalyser):
         resized = cv2.resize(bgr, (int(bgr.shape[1] * ratio), int(bgr.shape[0] * ratio)))
         padded = np.full((in_h, in_w, 3), 114, np.uint8)
         padded[:resized.shape[0], :resized.shape[1]] = resized
-        pred = self.det.run(None, {self.det.get_inputs()[0].name: padded.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+        x = padded.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, in_h, in_w), BGR 0..255
+        pred = self.det.run(None, {self.det.get_inputs()[0].name: x})[0][0]  # (anchors, 5 + classes)
         grids, strides = [], []  # YOLOX's anchor-free decoding over strides 8, 16, 32
         for stride in (8, 16, 32):
             xs, ys = np.meshgrid(np.arange(in_w // stride), np.arange(in_h // stride))

@@ -129,6 +129,11 @@ def test_measures_are_vectorised(tracks):
         np.testing.assert_allclose([b[t] for b in batched], single, rtol=1e-6)
     assert F.eye_boxes(lm).shape == (len(lm), 2, 4) and F.mouth_box(lm).shape == (len(lm), 4)
     np.testing.assert_allclose(F.mouth_box(lm[5]), F.mouth_box(lm)[5])
+    missing = lm.copy()
+    missing[1] = np.nan  # a frame without a face
+    for measure in (F.mouth_opening, F.eye_opening, F.face_size, lambda x: np.stack(F.head_pose(x), -1)):
+        values = measure(missing)
+        assert np.isnan(values[1]).all() and np.isfinite(values[[0, 2]]).all()
 
 
 def test_head_pose_recovers_rotations(analyser):

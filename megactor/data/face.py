@@ -8,7 +8,7 @@ Two landmark layouts are understood, told apart by their point count:
 
 Every measure below (``eye_boxes``, ``mouth_opening``, ...) takes either layout with any
 leading batch shape, ``(..., N, k)``, and returns the batch shape; a single face gives
-scalars. ``head_pose`` needs the 3D mesh and says so for 2D input. "Left" and "right"
+scalars, and NaN landmarks (a frame without a face) give NaN. ``head_pose`` needs the 3D mesh and says so for 2D input. "Left" and "right"
 are the subject's own: the left eye is on the image's right in a frontal face.
 """
 from __future__ import annotations
@@ -186,8 +186,12 @@ def head_pose(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y = lm[..., layout.brow_to_nose[1], :] - lm[..., layout.brow_to_nose[0], :]
     y -= (y * x).sum(-1, keepdims=True) * x
     y /= np.linalg.norm(y, axis=-1, keepdims=True)
-    rot = np.stack([x, y, np.cross(x, y)], -1)  # (..., 3, 3), columns = head axes
-    yaw, pitch, roll = Rotation.from_matrix(rot.reshape(-1, 3, 3)).as_euler("YXZ", degrees=True).T
+    rot = np.stack([x, y, np.cross(x, y)], -1).reshape(-1, 3, 3)  # (B, 3, 3), columns = head axes
+    angles = np.full((len(rot), 3), np.nan)
+    found = np.isfinite(rot).all((1, 2))
+    if found.any():
+        angles[found] = Rotation.from_matrix(rot[found]).as_euler("YXZ", degrees=True)
+    yaw, pitch, roll = angles.T
     shape = lm.shape[:-2]
     return -yaw.reshape(shape)[()], -pitch.reshape(shape)[()], roll.reshape(shape)[()]  # [()]: scalars for one face
 

@@ -93,9 +93,6 @@ class Trainer:
                 block.compile()
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.params = params
-        self.dataset = ClipDataset(cfg.train_data, seed=cfg.seed, rank=self.accelerator.process_index,
-                                   world_size=self.accelerator.num_processes, batch_size=cfg.train_batch_size,
-                                   skip_batches=self.batches_seen)
 
     # ------------------------------------------------------------------ setup
 
@@ -219,8 +216,10 @@ class Trainer:
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
                 f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         acc.init_trackers("tensorboard")
+        dataset = ClipDataset(cfg.train_data, seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
+                              batch_size=cfg.train_batch_size, skip_batches=self.batches_seen)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=cfg.train_batch_size, num_workers=cfg.train_data.num_workers,
+            dataset, batch_size=cfg.train_batch_size, num_workers=cfg.train_data.num_workers,
             collate_fn=collate_clips, pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.train_data.num_workers > 0,
         )

@@ -95,7 +95,7 @@ class SigmaDiT(nn.Module):
         layers, feat_dim = feature_shape(cfg.audio_encoder)
         self.patch_embed = _patch_embed(cfg, 2 * c)  # noisy latents + control latents
         self.adaln_single = AdaLayerNormSingle(d)
-        self.context = nn.Parameter(torch.zeros(cfg.context_tokens, cfg.caption_channels))
+        self.context = nn.Parameter(torch.empty(cfg.context_tokens, cfg.caption_channels))  # replaces the prompt
         self.caption_projection = PixArtAlphaTextProjection(cfg.caption_channels, d)
         self.audio_proj = AudioProjection(window_size(cfg.audio_window) * layers * feat_dim, cfg.audio_hidden,
                                           cfg.audio_tokens, d)
@@ -123,6 +123,7 @@ class SigmaDiT(nn.Module):
                 nn.init.normal_(linear.weight, std=0.02)
             for blk in net.blocks:
                 zero_module(blk.cross_attn.proj)
+        nn.init.normal_(self.context, std=0.02)  # not zero: identical tokens would leave cross-attention no gradient
         zero_module(self.final_layer.proj)
         self.zero_new_branches()
 

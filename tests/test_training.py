@@ -1,0 +1,140 @@
+"""The trainer: three chained stages, exact resume, what trains and what does not, failures."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from megactor.config import ConfigError, TrainConfig, load_config
+from megactor.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "train" / "tiny"
+FAST = ["train_data.num_workers=0", "log_every=5", "lr_warmup_steps=2", "init_checkpoint=null"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Synthetic talking heads through the real curation pipeline."""
+
+    root = tmp_path_factory.mktemp("synthetic")
+    subprocess.run([sys.executable, "-m", "megactor.data.synthetic", "--out", str(root / "clips"), "--clips", "6",
+                    "--seconds", "2", "--size", "96", "--seed", "1"], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "data_processing" / "curate.py"), "--input-dir", str(root / "clips"),
+                    "--output-dir", str(root / "curated"), "min_face_size=24"], check=True, capture_output=True)
+    folder = root / "curated" / "shards"
+    assert any(folder.glob("*.tar"))
+    return str(folder)
+
+
+def config(stage: int, shards: str, out: Path, *overrides: str) -> TrainConfig:
+    return load_config(TrainConfig, str(CONFIGS / f"train_stage{stage}.yaml"),
+                       [f"train_data.data_dirs=[{shards}]", f"output_dir={out}", *FAST, *overrides])
+
+
+def test_three_stages_chain_each_loading_the_last(shards, tmp_path):
+    previous = None
+    for stage, steps, batch, frames in ((1, 24, 4, 1), (2, 24, 2, 4), (3, 24, 1, 8)):
+        overrides = [f"max_train_steps={steps}", "checkpointing_steps=1000", f"train_batch_size={batch}",
+                     f"train_data.video_length={frames}"]
+        if previous:
+            overrides.append(f"init_checkpoint={previous}")
+        trainer = Trainer(config(stage, shards, tmp_path / f"stage{stage}", *overrides))
+        if previous:  # the frozen weights are the previous stage's
+            before = load_file(os.path.join(previous, "model.safetensors"))
+            frozen = next(n for n, p in trainer.unwrapped.named_parameters() if not p.requires_grad)
+            assert torch.equal(trainer.unwrapped.state_dict()[frozen], before[frozen])
+        previous = trainer.train()
+        assert os.path.isfile(os.path.join(previous, "model.safetensors"))
+        assert trainer.step == steps and trainer.nan_total == 0
+    assert (tmp_path / "stage3" / "tensorboard").is_dir()
+
+
+def test_steps_change_trainable_parameters_only(shards, tmp_path):
+    trainer = Trainer(config(2, shards, tmp_path, "max_train_steps=4", "train_batch_size=2", "lr_warmup_steps=0"))
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
+    from megactor.data.dataset import ClipDataset, collate_clips
+
+    dataset = ClipDataset(trainer.cfg.train_data, seed=0, batch_size=2)
+    samples = iter(dataset)
+    for _ in range(4):  # zero-initialised output layers pass gradient upstream one layer per step
+        trainer.train_step([collate_clips([next(samples), next(samples)])])
+    after = dict(trainer.unwrapped.named_parameters())
+    trainable = set(trainer.trainable_names)
+    assert any("audio_attn" in n for n in trainable) and not any(".temporal." in n for n in trainable)
+    for n, p in after.items():
+        if n in trainable:
+            assert not torch.equal(p, before[n]), n
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def _train(cfg_args, cwd, kill_after_checkpoint=None):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(CONFIGS / "train_stage2.yaml"), *cfg_args]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if kill_after_checkpoint is None:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        return
+    while not os.path.isdir(kill_after_checkpoint):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_after_a_kill_is_bit_exact(shards, tmp_path):
+    common = [f"train_data.data_dirs=[{shards}]", *FAST, "max_train_steps=20", "checkpointing_steps=10",
+              "train_batch_size=2", "train_data.video_length=4", "use_ema=true", "ema_decay=0.9"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    _train([*common, f"output_dir={straight}"], tmp_path)
+    _train([*common, f"output_dir={interrupted}"], tmp_path,
+           kill_after_checkpoint=interrupted / "checkpoints" / "step-0000010")
+    assert not (interrupted / "model").exists()  # it really died before the end
+    _train([*common, f"output_dir={interrupted}", "resume=latest"], tmp_path)
+    a = load_file(straight / "model" / "model.safetensors")
+    b = load_file(interrupted / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last = load_file(straight / "checkpoints" / "step-0000020" / "trainable.safetensors")
+    assert all(torch.equal(v, load_file(interrupted / "checkpoints" / "step-0000020" / "trainable.safetensors")[k])
+               for k, v in last.items())
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(shards, tmp_path, monkeypatch):
+    trainer = Trainer(config(1, shards, tmp_path, "max_train_steps=10", "max_nan_steps=3", "train_batch_size=2"))
+    real = trainer.compute_loss
+    calls = {"n": 0}
+
+    def flaky(inputs):
+        calls["n"] += 1
+        loss, per_sample = real(inputs)
+        if calls["n"] == 2 or calls["n"] >= 4:
+            return loss * float("nan"), per_sample
+        return loss, per_sample
+
+    monkeypatch.setattr(trainer, "compute_loss", flaky)
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+    with pytest.raises(RuntimeError, match="non-finite losses in a row, the last at step 6"):
+        trainer.train()
+    assert trainer.nan_total == 4  # steps 2, 4, 5, 6
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.unwrapped.named_parameters() if p.requires_grad)
+
+
+def test_bad_configs_fail_before_training(shards, tmp_path):
+    with pytest.raises(ConfigError, match="nowhere"):
+        Trainer(config(1, str(tmp_path / "nowhere"), tmp_path))
+    with pytest.raises(ConfigError, match="'no_such_module' matches no model parameter"):
+        Trainer(config(1, shards, tmp_path, "trainable_modules=[backbone,no_such_module]"))
+    with pytest.raises(ConfigError, match="stage 1 does not run the temporal branch"):
+        Trainer(config(1, shards, tmp_path, "trainable_modules=[temporal]"))
+    with pytest.raises(ConfigError, match="init_checkpoint.*missing_stage"):
+        Trainer(config(2, shards, tmp_path, f"init_checkpoint={tmp_path / 'missing_stage'}"))
+    code = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(CONFIGS / "train_stage1.yaml"),
+                           "train_data.data_dirs=[/no/such/folder]"], capture_output=True, text=True)
+    assert code.returncode == 2 and "/no/such/folder" in code.stderr

@@ -212,6 +212,7 @@ class TrainConfig:
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     max_train_steps: int = 1000
+    max_train_minutes: Optional[float] = None  # also stop (checkpoint + export) after this much wall time
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
     validation_steps: int = 500

@@ -228,8 +228,8 @@ class Trainer:
         bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc=f"stage {cfg.stage}",
                    disable=not acc.is_local_main_process, dynamic_ncols=True)
         window: Dict[str, List[float]] = {}
-        tick = time.perf_counter()
-        while self.step < cfg.max_train_steps:
+        tick = started = time.perf_counter()
+        while self.step < cfg.max_train_steps and not self._out_of_time(started):
             group = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
             self.batches_seen += len(group)
             logs = self.train_step(group)
@@ -246,7 +246,8 @@ class Trainer:
                 acc.log(means, step=self.step)
                 bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", sps=f"{means['samples_per_s']:.2f}")
                 window, tick = {}, time.perf_counter()
-            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
+            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps \
+                    or self._out_of_time(started):
                 self.save_checkpoint()
             if cfg.validation.source_image and (self.step % cfg.validation_steps == 0):
                 self.validate()
@@ -254,6 +255,13 @@ class Trainer:
         exported = self.export(os.path.join(cfg.output_dir, "model"))
         acc.end_training()
         return exported
+
+    def _out_of_time(self, started: float) -> bool:
+        """max_train_minutes reached, as the main process sees it (every process stops at the same step)."""
+        if self.cfg.max_train_minutes is None:
+            return False
+        late = torch.tensor(float(time.perf_counter() - started > 60 * self.cfg.max_train_minutes), device=self.device)
+        return bool(self.accelerator.reduce(late, "max") > 0)
 
     # ------------------------------------------------------------------ state
 

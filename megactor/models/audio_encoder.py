@@ -62,9 +62,11 @@ def window_indices(frame_indices: torch.Tensor, fps: torch.Tensor | float, num_f
     num_features = torch.as_tensor(num_features)
     if fps.ndim:  # one value per sample: broadcast over frames
         fps, num_features = fps[..., None, None], num_features[..., None, None]
-    offsets = torch.arange(-window, window + 1, dtype=torch.float64)  # (2w+1,)
+    device = frames.device
+    fps, num_features = fps.to(device), num_features.to(device)
+    offsets = torch.arange(-window, window + 1, dtype=torch.float64, device=device)  # (2w+1,)
     starts = torch.floor((frames[..., None] + offsets) * FEATURE_RATE / fps).to(torch.int64)  # (..., F, 2w+1)
-    idx = starts[..., None] + torch.arange(FEATURES_PER_FRAME)  # (..., F, 2w+1, k)
+    idx = starts[..., None] + torch.arange(FEATURES_PER_FRAME, device=device)  # (..., F, 2w+1, k)
     idx = idx.flatten(-2)  # (..., F, W)
     return torch.minimum(idx.clamp(min=0), num_features - 1)
 

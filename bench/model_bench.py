@@ -116,6 +116,7 @@ def run_mode(name, case, mode, args, device):
         model = model.to(torch.bfloat16)
         inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
     if mode.startswith("compile"):
+        torch._dynamo.reset()  # each mode compiles afresh: no cache entries left over from the last
         compile_fn(model)
 
     def forward():
@@ -136,10 +137,27 @@ def run_mode(name, case, mode, args, device):
     model.zero_grad(set_to_none=True)
     t_step = timed(train_step, device, warmup=args.warmup, repeat=args.repeat)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    if args.profile == f"{name}:{mode}":
+        profile(train_step, device)
     del model, inputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return dict(name=name, mode=mode, fwd_s=t_fwd, step_s=t_step, mem=mem)
+
+
+def profile(step, device, rows: int = 25) -> None:
+    """The kernels of three training steps, most time first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = device.type == "cuda"
+    with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=rows,
+                                    max_name_column_width=70), flush=True)
 
 
 def case_flops(case, args, device):
@@ -169,6 +187,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--profile", help="MODEL:MODE to profile, e.g. 'SigmaDiT-xl:compile-autocast'")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True

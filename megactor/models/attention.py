@@ -52,6 +52,19 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+def append_tokens(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """own (R, H, N, d), extra (b, H, M, d) with R = b*k -> (R, H, N + M, d).
+
+    The extra tokens are broadcast over each sample's k rows as a stride-0 view, so
+    the concatenation is the only copy, and their gradient is a plain sum.
+    """
+    r, b = own.shape[0], extra.shape[0]
+    if r % b:
+        raise ValueError(f"cannot share keys/values of {b} samples among {r} rows")
+    extra = extra[:, None].expand(b, r // b, *extra.shape[1:])
+    return torch.cat([own.unflatten(0, (b, r // b)), extra], dim=3).flatten(0, 1)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 
@@ -71,11 +84,11 @@ class SelfAttention(nn.Module):
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
     def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None, return_kv: bool = False):
-        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))  # (B, H, N, d) each
+        """x (R, N, D); extra_kv (b, H, M, d) each, shared by the R/b consecutive rows of each of its b samples."""
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))  # (R, H, N, d) each
         own_kv = (k, v)
         if extra_kv is not None:
-            k = torch.cat([k, extra_kv[0]], dim=2)  # (B, H, N + M, d)
-            v = torch.cat([v, extra_kv[1]], dim=2)
+            k, v = append_tokens(k, extra_kv[0]), append_tokens(v, extra_kv[1])  # (R, H, N + M, d)
         out = self.proj(merge_heads(attention(q, k, v)))
         return (out, own_kv) if return_kv else out
 
@@ -91,14 +104,7 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x (B, N, D), context (B, M, C) -> (B, N, D).
-
-        A context with batch 1 is shared by every sample: the batch is folded
-        into the query sequence, so one attention call serves all of it.
-        """
-        b, n, d = x.shape
-        if context.shape[0] == 1 and b > 1:
-            return self.forward(x.reshape(1, b * n, d), context).view(b, n, d)
+        """x (B, N, D), context (B or 1, M, C) -> (B, N, D). A context of batch 1 is shared by all rows."""
         q = split_heads(self.q(x), self.heads)
-        k, v = (split_heads(t, self.heads) for t in self.kv(context).chunk(2, dim=-1))
+        k, v = (split_heads(t, self.heads).expand(x.shape[0], -1, -1, -1) for t in self.kv(context).chunk(2, dim=-1))
         return self.proj(merge_heads(attention(q, k, v)))

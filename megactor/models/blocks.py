@@ -112,8 +112,6 @@ class SigmaBlock(nn.Module):
         ).chunk(6, dim=1)  # (B*F, 1, D) each
 
         h = modulate(self.norm1(x), shift_msa, scale_msa)
-        if reference_kv is not None:
-            reference_kv = tuple(expand_batch(t, x.shape[0]) for t in reference_kv)
         out = self.attn(h, extra_kv=reference_kv, return_kv=return_kv)
         out, own_kv = out if return_kv else (out, None)
         x = x + gate_msa * out

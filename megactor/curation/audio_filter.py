@@ -19,7 +19,7 @@ from megactor.curation.config import CurationConfig
 from megactor.curation.face_filter import FaceFilter
 from megactor.curation.runner import Item, Step, shard_items
 from megactor.data.shards import decode_audio
-from megactor.data.video_io import MediaError
+from megactor.data.video_io import MediaError, fit_audio
 from megactor.metrics.lipsync import lip_sync
 
 
@@ -37,15 +37,15 @@ class AudioFilter(Step):
         name = f"{ref.shard}:{ref.key}"
         try:
             sample = ref.read_json()
-            audio = decode_audio(ref.read("mp4"), name, sample["sample_rate"])
+            fps, rate = float(sample["fps"]), int(sample["sample_rate"])
+            audio = fit_audio(decode_audio(ref.read("mp4"), name, rate), int(round(sample["num_frames"] / fps * rate)))
             mouth = np.array([np.nan if m is None else m for m in sample["faces"]["mouth_opening"]])
-            fps = float(sample["fps"])
         except (MediaError, ValueError, KeyError, OSError) as e:
             return [{"record": {"key": ref.key, "source": name, "reason": "unreadable", "error": str(e)},
                      "json": None, "mp4": None}]
         metrics = {"audio_rms": float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0}
         try:
-            sync = lip_sync(mouth, audio, sample["sample_rate"], fps, cfg.sync_search_frames)
+            sync = lip_sync(mouth, audio, rate, fps, cfg.sync_search_frames)
             metrics.update(sync_score=sync.score, sync_lag=sync.lag)
         except ValueError as e:  # too short, or no mouth measured
             metrics.update(sync_score=float("nan"), sync_lag=None, sync_error=str(e))

@@ -7,7 +7,8 @@ clips with measurements, in two phases:
    worker processes, and leaves ``<step>/work/<item>.json`` (its records) plus
    whatever clip files it wrote in ``<step>/work/<item>/``. The record file is
    written last and atomically: it marks the item done, and a re-run skips it.
-   A fault in one item becomes a record with a reason; the run goes on.
+   A fault in one item becomes a record with a reason, even a worker's death
+   (see ``process_items``); the run goes on.
 2. Assembly, in the main process, in item order. Clip-level thresholds
    (``Step.decide``) drop clips with a reason; the kept clips are planned into
    shards by size (``plan_shards``), and each shard is written whole under a
@@ -23,6 +24,8 @@ import json
 import logging
 import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 import tempfile
 import traceback
 from abc import ABC, abstractmethod
@@ -111,14 +114,18 @@ def _work_path(work_dir: str, item: Item) -> str:
     return os.path.join(work_dir, item.key + ".json")
 
 
-def _run_item(step: Step, item: Item, cfg: CurationConfig, work_dir: str, out_dir: str) -> None:
+def _started_path(work_dir: str, item: Item) -> str:
+    return os.path.join(work_dir, item.key + ".started")
+
+
+def _failure(item: Item, reason: str, error: str) -> list[dict]:
+    source = str(getattr(item.source, "key", item.source))
+    return [{"record": {"key": None, "source": source, "reason": reason, "error": error}, "json": None, "mp4": None}]
+
+
+def _write_entries(step: Step, item: Item, clips: list[dict], work_dir: str, out_dir: str) -> None:
+    """Save the clips' sample jsons, then the item's record file (the "done" mark)."""
     item_dir = os.path.join(work_dir, item.key)
-    try:
-        clips = step.process(item, cfg, item_dir)
-    except Exception as e:  # a bug or an unforeseen fault in one item must not stop the others
-        log.warning("%s: %s failed:\n%s", step.name, item.key, traceback.format_exc())
-        clips = [{"record": {"key": None, "source": str(getattr(item.source, "key", item.source)),
-                             "reason": "error", "error": f"{type(e).__name__}: {e}"}, "json": None, "mp4": None}]
     entries = []
     for clip in clips:
         record = {"step": step.name, **clip["record"]}
@@ -131,6 +138,8 @@ def _run_item(step: Step, item: Item, cfg: CurationConfig, work_dir: str, out_di
             sample = {"json": os.path.relpath(name, out_dir), "json_size": len(data), "mp4": mp4}
         entries.append({"record": record, "sample": sample})
     write_atomic(_work_path(work_dir, item), dump_json(entries))
+    if os.path.exists(_started_path(work_dir, item)):
+        os.remove(_started_path(work_dir, item))
 
 
 def _init_worker(step: Step, cfg: CurationConfig, work_dir: str, out_dir: str) -> None:
@@ -139,32 +148,55 @@ def _init_worker(step: Step, cfg: CurationConfig, work_dir: str, out_dir: str) -
 
 
 def _run_in_worker(item: Item) -> None:
-    _run_item(_WORKER["step"], item, _WORKER["cfg"], _WORKER["work_dir"], _WORKER["out_dir"])
+    step, cfg, work_dir, out_dir = (_WORKER[k] for k in ("step", "cfg", "work_dir", "out_dir"))
+    write_atomic(_started_path(work_dir, item), b"")  # tells the parent who was running if this process dies
+    try:
+        clips = step.process(item, cfg, os.path.join(work_dir, item.key))
+    except Exception as e:  # a bug or an unforeseen fault in one item must not stop the others
+        log.warning("%s: %s failed:\n%s", step.name, item.key, traceback.format_exc())
+        clips = _failure(item, "error", f"{type(e).__name__}: {e}")
+    _write_entries(step, item, clips, work_dir, out_dir)
+
+
+def _run_pool(step: Step, items: list[Item], cfg: CurationConfig, work_dir: str, out_dir: str,
+              workers: int, bar: tqdm) -> list[Item]:
+    """Process ``items`` in a pool of ``workers``; returns the items left undone when a worker died."""
+    ctx = mp.get_context("forkserver")  # workers start clean: no analyser or decoder state of this process
+    ctx.set_forkserver_preload(["megactor.curation.pipeline"])  # imported once, in the server they fork from
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(step, cfg, work_dir, out_dir)) as pool:
+        for future in as_completed([pool.submit(_run_in_worker, item) for item in items]):
+            try:
+                future.result()
+            except BrokenProcessPool:
+                break
+            bar.update()
+    return [item for item in items if not os.path.exists(_work_path(work_dir, item))]
 
 
 def process_items(step: Step, items: list[Item], cfg: CurationConfig, work_dir: str, out_dir: str) -> None:
-    """Run ``step.process`` on the items without a finished record file, in ``cfg.workers`` processes."""
+    """Run ``step.process`` on the items without a record file, in ``cfg.workers`` worker processes.
+
+    A worker that dies (a native crash in a decoder or the face analyser) breaks
+    the pool; the items it was running are retried one by one in a pool of
+    their own, and an item that kills its worker again is recorded as "crashed".
+    """
     todo = [item for item in items if not os.path.exists(_work_path(work_dir, item))]
     if len(todo) < len(items):
         log.info("%s: %d of %d items already done", step.name, len(items) - len(todo), len(items))
-    if not todo:
-        return
-    bar = tqdm(total=len(todo), desc=f"{step.folder}", unit="item")
-    if cfg.workers == 1 or len(todo) == 1:
-        step.setup(cfg)
-        try:
-            for item in todo:
-                _run_item(step, item, cfg, work_dir, out_dir)
-                bar.update()
-        finally:
-            step.teardown()
-    else:  # spawn: MediaPipe and PyAV hold threads that a fork would copy half-way
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker,
-                      initargs=(step, cfg, work_dir, out_dir)) as pool:
-            for _ in pool.imap_unordered(_run_in_worker, todo):
-                bar.update()
-    bar.close()
+    os.makedirs(work_dir, exist_ok=True)
+    with tqdm(total=len(todo), desc=step.folder, unit="item") as bar:
+        while todo:
+            left = _run_pool(step, todo, cfg, work_dir, out_dir, cfg.workers, bar)
+            suspects = [item for item in left if os.path.exists(_started_path(work_dir, item))]
+            if len(left) == len(todo) and not suspects:
+                raise RuntimeError(f"{step.name}: the worker processes die before processing any item")
+            for item in suspects:
+                if _run_pool(step, [item], cfg, work_dir, out_dir, 1, bar):
+                    log.warning("%s: %s crashed its worker process twice", step.name, item.key)
+                    _write_entries(step, item, _failure(item, "crashed", "the worker process died"), work_dir, out_dir)
+                    bar.update()
+            todo = [item for item in left if not os.path.exists(_work_path(work_dir, item))]
 
 
 # --------------------------------------------------------------------------- phase 2: assembly

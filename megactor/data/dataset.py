@@ -16,10 +16,13 @@ No state passes between samples, so the stream is a pure function of
 ``(seed, R, W, position)``.
 
 Exact resume. The DataLoader takes batch ``b`` from worker ``b % W``, each
-batch being that worker's next ``batch_size`` samples. After ``n`` batches,
-worker ``w`` has delivered ``ceil((n - w) / W)`` of them, so with
-``skip_batches=n`` it starts at position ``batch_size * ceil((n - w) / W)``:
-nothing before it is read or decoded (plan first, decode later).
+batch being that worker's next ``batch_size`` samples; after ``n`` batches,
+worker ``w`` has delivered ``ceil((n - w) / W)`` of them. A new DataLoader
+starts again at worker 0, so with ``skip_batches=n`` worker ``w`` takes over
+the stream of worker ``(w + n) % W`` and starts at that stream's first
+undelivered position, ``batch_size * ceil((n - (w + n) % W) / W)``: batch ``j``
+of the resumed run is batch ``n + j`` of a fresh one, and nothing before it
+is read or decoded (plan first, decode later).
 
 Corrupt samples (undecodable video, bad json, too few valid frames) are
 skipped and counted (``skipped``, with a warning giving the running total),
@@ -61,7 +64,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from megactor.config import AugmentConfig, TrainDataConfig
 from megactor.data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points, warp_frames
 from megactor.data.shards import SampleRef, decode_audio, decode_frames, index_shard, list_shards
-from megactor.data.video_io import MediaError
+from megactor.data.video_io import MediaError, fit_audio
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +202,9 @@ class ClipDataset(IterableDataset):
         num_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         if info is not None:
             cv2.setNumThreads(1)  # parallelism comes from the workers
-        stream, streams = self.rank * num_workers + worker, self.world_size * num_workers
-        start = self.batch_size * batches_before(self.skip_batches, worker, num_workers)
+        role = (worker + self.skip_batches) % num_workers  # the worker whose batch comes next in a fresh run
+        stream, streams = self.rank * num_workers + role, self.world_size * num_workers
+        start = self.batch_size * batches_before(self.skip_batches, role, num_workers)
         for position in count(start):
             yield self.sample_at(stream, streams, position)
 
@@ -236,7 +240,8 @@ class ClipDataset(IterableDataset):
         frames, _ = decode_frames(data, name, stop=max(int(indices[-1]), ref_index) + 1)
         if len(frames) <= max(int(indices[-1]), ref_index):
             raise CorruptSample(f"{name}: {len(frames)} frames decoded, the json lists {len(valid)}")
-        audio = decode_audio(data, name, int(meta.get("sample_rate", 16000)))
+        rate = int(meta.get("sample_rate", 16000))
+        audio = fit_audio(decode_audio(data, name, rate), int(round(len(valid) / fps * rate)))  # drop AAC padding
         try:
             landmarks = np.array([faces["landmarks"][i] for i in indices], np.float32)  # (L, N, 2)
             ref_landmarks = np.array(faces["landmarks"][ref_index], np.float32)  # (N, 2)

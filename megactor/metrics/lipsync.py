@@ -39,8 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
+import scipy.ndimage
 import scipy.signal
 
 SPEECH_BAND_HZ = (300.0, 3000.0)
@@ -60,16 +60,17 @@ def speech_envelope(audio: np.ndarray, sample_rate: int, fps: float, num_frames:
     low, high = SPEECH_BAND_HZ
     high = min(high, 0.45 * sample_rate)
     sos = scipy.signal.butter(4, [low, high], btype="band", fs=sample_rate, output="sos")
-    voiced = scipy.signal.sosfiltfilt(sos, audio) if audio.size > 3 * 2 * len(sos) else audio
-    hop = max(1, sample_rate // 100)  # 10 ms: fine enough to read at any frame rate
-    window = max(2 * hop, int(round(2 * sample_rate / fps)))
-    rms = librosa.feature.rms(y=voiced, frame_length=window, hop_length=hop, center=True)[0]
-    frame_times = (np.arange(num_frames) + 0.5) / fps  # centre of each video frame
-    return np.interp(frame_times, np.arange(rms.size) * hop / sample_rate, rms)
+    if audio.size <= 3 * (2 * len(sos) + 1):  # too short to filter (sosfiltfilt's padding): no voice
+        return np.zeros(num_frames)
+    voiced = scipy.signal.sosfiltfilt(sos, audio)
+    window = max(1, int(round(2 * sample_rate / fps)))
+    power = scipy.ndimage.uniform_filter1d(np.square(voiced), window, mode="constant")  # (S,) centred moving mean
+    centres = np.round((np.arange(num_frames) + 0.5) / fps * sample_rate).astype(np.int64)  # each frame's centre
+    return np.sqrt(np.maximum(power[np.clip(centres, 0, len(power) - 1)], 0.0))
 
 
 def syllable_rate(signal: np.ndarray, fps: float) -> np.ndarray:
-    """(T,) per-frame signal -> (T,) band-passed to 1-8 Hz and z-scored (zeros if constant)."""
+    """(T,) per-frame signal -> (T,) band-passed to syllable rates and z-scored (zeros if constant)."""
     low, high = SYLLABLE_BAND_HZ
     high = min(high, 0.45 * fps)
     sos = scipy.signal.butter(2, [low, high], btype="band", fs=fps, output="sos")

@@ -1,0 +1,163 @@
+"""ClipDataset: sample contents, mode ratios, reference distance, disjoint shares, exact resume, corrupt samples."""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from megactor.config import AugmentConfig, TrainDataConfig
+from megactor.curation.config import load_curation_config
+from megactor.curation.pipeline import curate
+from megactor.data.dataset import ClipDataset, batches_before, collate_clips, plan_sample
+from megactor.data.shards import index_shard, list_shards, write_shard
+from megactor.data.video_io import write_video
+from test_curation import small_clip
+
+
+@pytest.fixture(scope="module")
+def shard_dir(testcases, tmp_path_factory) -> str:
+    """Eleven one-second clips of the three real drivers at 160 px, packed and face-filtered."""
+    src = tmp_path_factory.mktemp("videos")
+    for path in sorted((testcases / "driver").glob("*.mp4")):
+        frames, audio, fps = small_clip(path, 160, 5.0)
+        write_video(str(src / path.name), frames, fps, audio)
+    out = tmp_path_factory.mktemp("curated")
+    cfg = load_curation_config(["clip_seconds=1", "min_clip_seconds=1", "min_face_size=40"])
+    curate(str(src), str(out), cfg, steps=["pack", "face"])
+    return str(out / "2_face" / "shards")
+
+
+def config(shard_dir, **kw) -> TrainDataConfig:
+    base = dict(data_dirs=[shard_dir], video_length=4, frame_stride=2, sample_size=64, ref_min_distance=8,
+                use_audio_ratio=0.4, use_both_ratio=0.3)
+    return TrainDataConfig(**{**base, **kw})
+
+
+def take(dataset, n):
+    it = iter(dataset)
+    return [next(it) for _ in range(n)]
+
+
+def test_sample_shapes_and_ranges(shard_dir):
+    ds = ClipDataset(config(shard_dir), seed=0)
+    assert len(ds) == 11
+    for s in take(ds, 6):
+        assert s["pixel_values"].shape == (3, 4, 64, 64) and s["control"].shape == (3, 4, 64, 64)
+        assert s["reference"].shape == (3, 64, 64)
+        for k in ("pixel_values", "reference", "control"):
+            assert s[k].dtype == torch.float32 and s[k].min() >= -1 and s[k].max() <= 1
+        assert s["pixel_values"].std() > 0.1 and s["reference"].std() > 0.1
+        assert s["frame_indices"].dtype == torch.int64 and (s["frame_indices"].diff() == 2).all()
+        assert s["audio"].ndim == 1 and s["audio"].dtype == torch.float32 and len(s["audio"]) == 16000
+        assert float(s["fps"]) == 30.0 and isinstance(s["key"], str)
+        control_on = bool((s["control"] > -1).any())
+        assert control_on == bool(s["use_visual"]), "black control exactly in audio mode"
+        assert bool(s["use_visual"]) or bool(s["use_audio"])
+        assert (s["control"][0] == s["control"][1]).all()  # grayscale in 3 channels
+
+
+def test_single_frame_samples(shard_dir):
+    s = take(ClipDataset(config(shard_dir, video_length=1, use_audio_ratio=0.0, use_both_ratio=0.0), seed=3), 1)[0]
+    assert s["pixel_values"].shape == (3, 1, 64, 64) and s["frame_indices"].shape == (1,)
+    assert s["use_visual"] == 1 and s["use_audio"] == 0
+
+
+def test_modes_follow_the_ratios_and_reference_keeps_its_distance(shard_dir):
+    cfg = config(shard_dir)
+    valid = np.ones(30, bool)
+    valid[[3, 17]] = False
+    counts = {"visual": 0, "audio": 0, "both": 0}
+    n = 4000
+    for i in range(n):
+        indices, ref, mode = plan_sample(valid, cfg, np.random.default_rng([0, 0, i]))
+        counts[mode] += 1
+        assert valid[indices].all() and valid[ref]
+        assert np.abs(indices - ref).min() >= cfg.ref_min_distance
+    for mode, p in {"audio": 0.4, "both": 0.3, "visual": 0.3}.items():
+        assert abs(counts[mode] / n - p) < 4 * np.sqrt(p * (1 - p) / n), counts
+    # too short for the distance: the farthest valid frame
+    short = np.ones(12, bool)
+    indices, ref, _ = plan_sample(short, config(shard_dir, video_length=6, frame_stride=1), np.random.default_rng(1))
+    assert ref not in indices and np.abs(indices - ref).min() == max(indices.min(), 11 - indices.max())
+
+
+def test_ranks_and_workers_share_an_epoch_disjointly(shard_dir):
+    cfg = config(shard_dir)
+    ds = ClipDataset(cfg, seed=5)
+    n, streams = len(ds), 4
+    epoch0 = [ds.plan(g, streams, p) for g in range(streams) for p in range(len(range(g, n, streams)))]
+    assert sorted(i for _, i in epoch0) == list(range(n)) and {e for e, _ in epoch0} == {0}
+    # through real DataLoaders: 2 ranks x 2 workers, first two batches of each worker
+    keys = []
+    for rank in range(2):
+        loader = DataLoader(ClipDataset(cfg, seed=5, rank=rank, world_size=2), batch_size=1, num_workers=2,
+                            collate_fn=collate_clips)
+        it = iter(loader)
+        keys += [k for _ in range(4) for k in next(it)["key"]]
+    assert len(keys) == 8 and len(set(keys)) == 8
+    assert set(keys) == {ds.samples[ds.plan(g, streams, p)[1]].key for g in range(streams) for p in range(2)}
+
+
+def test_skip_batches_resumes_exactly(shard_dir):
+    cfg = config(shard_dir, video_length=3)
+
+    def loader(skip):  # 11 samples, 2 workers x batches of 2: the streams run into epoch 1
+        return iter(DataLoader(ClipDataset(cfg, seed=9, batch_size=2, skip_batches=skip), batch_size=2,
+                               num_workers=2, collate_fn=collate_clips))
+
+    fresh = loader(0)
+    batches = [next(fresh) for _ in range(7)]
+    for skip in (3, 4):
+        resumed = loader(skip)
+        for expect in batches[skip:]:
+            got = next(resumed)
+            assert got["key"] == expect["key"], skip
+            for k, v in expect.items():
+                if torch.is_tensor(v):
+                    assert torch.equal(got[k], v), (skip, k)
+    assert [batches_before(5, w, 2) for w in range(2)] == [3, 2]
+
+
+def test_corrupt_samples_are_skipped_and_counted(shard_dir, tmp_path, caplog):
+    good = index_shard(list_shards(shard_dir)[0])[0]
+    meta = good.read_json()
+    bad_faces = dict(meta, faces={**meta["faces"], "valid": [False] * meta["num_frames"]})
+    write_shard(str(tmp_path / "shard-000000.tar"), [
+        {"__key__": "a_good", "json": good.read("json"), "mp4": good.read("mp4")},
+        {"__key__": "b_bad_mp4", "json": good.read("json"), "mp4": b"\x00not a video" * 50},
+        {"__key__": "c_bad_json", "json": b"{not json", "mp4": good.read("mp4")},
+        {"__key__": "d_no_valid_frames", "json": json.dumps(bad_faces).encode(), "mp4": good.read("mp4")},
+    ])
+    ds = ClipDataset(config(str(tmp_path)), seed=0)
+    with caplog.at_level(logging.WARNING, logger="megactor.data.dataset"):
+        samples = take(ds, 8)
+    assert {s["key"] for s in samples} == {"a_good"}
+    assert ds.skipped >= 3
+    assert "skipped" in caplog.text and f"{ds.skipped} skipped so far" in caplog.text
+
+
+def test_collate_pads_audio(shard_dir):
+    samples = take(ClipDataset(config(shard_dir), seed=0), 2)
+    samples[1]["audio"] = samples[1]["audio"][:1000]
+    batch = collate_clips(samples)
+    assert batch["audio"].shape == (2, 16000) and batch["audio_lengths"].tolist() == [16000, 1000]
+    assert (batch["audio"][1, 1000:] == 0).all() and batch["pixel_values"].shape == (2, 3, 4, 64, 64)
+
+
+def test_missing_shards_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        ClipDataset(TrainDataConfig(data_dirs=[str(tmp_path)]), seed=0)
+
+
+def test_augmentation_changes_only_the_control(shard_dir):
+    still = AugmentConfig(affine_prob=0.0, max_rotate=0.0, max_scale=0.0, max_translate=0.0, color_jitter=0.0)
+    strong = AugmentConfig(affine_prob=1.0, max_rotate=10.0, max_scale=0.2, max_translate=0.05, color_jitter=0.5)
+    kw = dict(use_audio_ratio=0.0, use_both_ratio=0.0)
+    a = take(ClipDataset(config(shard_dir, augmentation=still, **kw), seed=2), 1)[0]
+    b = take(ClipDataset(config(shard_dir, augmentation=strong, **kw), seed=2), 1)[0]
+    assert a["key"] == b["key"] and torch.equal(a["pixel_values"], b["pixel_values"])
+    assert torch.equal(a["reference"], b["reference"])
+    assert (a["control"] - b["control"]).abs().mean() > 0.01

@@ -8,6 +8,9 @@ Every pair the config lists (source_image / video_path / audio_path):
 
 Modes: mixed (default when the driver has audio), --no-audio (visual only),
 --no-visual (audio only), --audio PATH (audio from another file than the driver video).
+
+Several GPUs (or CPU processes): each takes its share of the context windows at every step,
+    torchrun --nproc_per_node 2 eval_audio.py --config ... --source S --driver D
 """
 from __future__ import annotations
 
@@ -82,6 +85,22 @@ def output_file(output_path: str, pair: Pair, single: bool) -> str:
     return os.path.join(output_path, f"{Path(source).stem}_{Path(driver or audio).stem}.mp4")
 
 
+def init_distributed(device: Optional[str]):
+    """(rank, world size, device, all_reduce) under torchrun / accelerate launch; one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device, None
+    import torch
+    import torch.distributed as dist
+
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return dist.get_rank(), world, f"cuda:{local}" if use_cuda else "cpu", dist.all_reduce
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -95,27 +114,32 @@ def main(argv=None) -> int:
     from megactor.animate import Animator, InputError, MediaError
     from megactor.data.video_io import write_video
 
-    animator = Animator.from_config(cfg, device=args.device)
+    rank, world_size, device, all_reduce = init_distributed(args.device)
+    animator = Animator.from_config(cfg, device=device)
     mode = "visual" if args.no_audio else "audio" if args.no_visual else None
     failed = 0
     for (source, driver, audio), out in zip(pairs, outputs):
         try:
-            result = animator.animate(source, driver, audio, mode=mode, crop=not args.no_crop)
+            result = animator.animate(source, driver, audio, mode=mode, crop=not args.no_crop, progress=rank == 0,
+                                      rank=rank, world_size=world_size, all_reduce=all_reduce)
         except (InputError, MediaError, ValueError) as e:
             failed += 1
-            print(f"error: {source} + {driver or audio}: {e}", file=sys.stderr)
+            if rank == 0:
+                print(f"error: {source} + {driver or audio}: {e}", file=sys.stderr)
             continue
         except Exception:
             failed += 1
             print(f"error: {source} + {driver or audio}: unexpected failure", file=sys.stderr)
             traceback.print_exc()
             continue
+        if rank != 0:  # every process holds the same frames; one writes them
+            continue
         write_video(out, result.frames, result.fps, result.audio)
         if args.grid:
             write_video(out[:-4] + "_grid.mp4", result.grid(), result.fps, result.audio)
         times = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
         print(f"wrote {out} ({len(result.frames)} frames at {result.fps:g} fps; {times})")
-    if failed:
+    if failed and rank == 0:
         print(f"{failed} of {len(pairs)} pairs failed", file=sys.stderr)
     return 1 if failed else 0
 

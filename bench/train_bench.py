@@ -1,6 +1,7 @@
 """Training-step speed and memory of a stage config, through the real Trainer.
 
     python bench/train_bench.py --config configs/train/megactor-sigma/train_stage3.yaml
+    accelerate launch --multi_gpu --num_processes 2 bench/train_bench.py --config ...   # DDP
 
 Weights are random (an SD-VAE-shaped VAE and a whisper-tiny-shaped Whisper are
 saved and loaded through the real loaders; init_checkpoint and the PixArt path
@@ -32,6 +33,7 @@ def random_batch(cfg: TrainConfig, seconds: float = 5.0, fps: float = 25.0):
         "use_visual": torch.ones(b), "use_audio": torch.ones(b),
         "audio": torch.randn(b, n) * 0.1, "audio_lengths": torch.full((b,), n),
         "frame_indices": torch.arange(f).repeat(b, 1), "fps": torch.full((b,), fps),
+        "noise_seed": torch.arange(b),
     }
 
 
@@ -63,18 +65,23 @@ def main():
         if i >= 2:  # the first steps warm up (and compile)
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
-    samples = cfg.train_batch_size * cfg.gradient_accumulation_steps
+    procs = trainer.accelerator.num_processes
+    samples = cfg.train_batch_size * cfg.gradient_accumulation_steps * procs
+    if not trainer.accelerator.is_main_process:
+        return
     mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     trainable = sum(p.numel() for p in trainer.params)
     total = sum(p.numel() for p in trainer.unwrapped.parameters())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"\n{device}: {args.config} (stage {cfg.stage}), batch {samples} x {cfg.train_data.video_length} frames "
+    print(f"\n{procs} x {device} ({trainer.accelerator.distributed_type}): {args.config} (stage {cfg.stage}), "
+          f"batch {samples} x {cfg.train_data.video_length} frames "
           f"of {cfg.train_data.sample_size}px, gradient checkpointing {cfg.model.gradient_checkpointing}, "
           f"{'compiled' if cfg.compile else 'eager'}, {trainer.accelerator.mixed_precision}")
     print(f"trainable {trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters; last loss {logs['loss']:.4f}")
-    print("| step s | samples/s | frames/s | peak GPU GiB |")
-    print("|---:|---:|---:|---:|")
-    print(f"| {step:.3f} | {samples / step:.2f} | {samples * cfg.train_data.video_length / step:.1f} | {mem:.1f} |")
+    print("| processes | step s | samples/s | frames/s | peak GPU GiB (per process) |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {procs} | {step:.3f} | {samples / step:.2f} | {samples * cfg.train_data.video_length / step:.1f} | "
+          f"{mem:.1f} |")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class Animator:
         else:
             logger.warning("=" * 70 + "\nNo checkpoint in the config: using a RANDOMLY INITIALISED model. "
                            "The output will be noise-like.\n" + "=" * 70)
+            torch.manual_seed(cfg.seed)  # the same random model in every process
             model = SigmaDiT(cfg.model)
         model = model.to(device, dtype).eval().requires_grad_(False)
         if cfg.compile:

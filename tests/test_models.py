@@ -1,5 +1,6 @@
 """SigmaDiT: PixArt equivalence, the new branches, reference caching, temporal mixing, IO round trips."""
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,8 +48,31 @@ def test_pixart_loaded_reproduces_pixart_on_one_frame(tiny_pixart_dir, loaded):
 
 def test_reference_net_starts_as_a_copy_of_the_backbone(loaded):
     sd = loaded.state_dict()
-    assert torch.equal(sd["reference_net.blocks.1.attn.qkv.weight"], sd["blocks.1.attn.qkv.weight"])
+    assert torch.equal(sd["reference_net.blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    assert torch.equal(sd["reference_net.last_kv.kv.weight"], sd["blocks.1.attn.qkv.weight"][64:])
+    assert torch.equal(sd["reference_net.last_kv.scale_shift_table"], sd["blocks.1.scale_shift_table"][:2])
     assert torch.equal(sd["reference_net.patch_embed.proj.weight"], sd["patch_embed.proj.weight"][:, :48])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_every_trainable_parameter_takes_part_in_its_stage(stage):
+    """DistributedDataParallel (find_unused_parameters off) needs a gradient for every trainable parameter."""
+    import yaml
+
+    from megactor.training.stages import select_trainable, uses_audio, uses_temporal
+
+    model = SigmaDiT(tiny_config())
+    for p in model.parameters():  # no zero-initialised layer blocking the gradient
+        p.data.normal_(std=0.05)
+    config = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny" / f"train_stage{stage}.yaml"
+    groups = yaml.safe_load(config.read_text())["trainable_modules"]
+    select_trainable(model, groups, stage)
+    latents, t, control, audio, reference = inputs(model.config, frames=1 if stage == 1 else F)
+    out = model(latents, t, control=control, audio=audio if uses_audio(stage) else None, reference=reference,
+                temporal=uses_temporal(stage))
+    out.square().mean().backward()
+    idle = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not idle
 
 
 def _perturb(module):

@@ -270,6 +270,7 @@ class ClipDataset(IterableDataset):
             "audio": torch.from_numpy(audio),
             "frame_indices": torch.from_numpy(indices.astype(np.int64)),
             "fps": torch.tensor(fps, dtype=torch.float32),
+            "noise_seed": torch.tensor(int(rng.integers(2**62)), dtype=torch.int64),  # the trainer's noise and t
             "key": ref.key,
         }
 

@@ -57,11 +57,11 @@ def pixart_to_sigma(pixart: Dict[str, torch.Tensor], cfg: ModelConfig) -> Dict[s
     """
     c, p = cfg.in_channels, cfg.patch_size
     out: Dict[str, torch.Tensor] = {}
-    for prefix in ("", "reference_net."):
+    for prefix, depth in (("", cfg.depth), ("reference_net.", cfg.depth - 1)):
         for key in ("adaln_single", "caption_projection"):
             out.update({f"{prefix}{k}": v for k, v in pixart.items() if k.startswith(key + ".")})
         out[f"{prefix}patch_embed.proj.bias"] = pixart["pos_embed.proj.bias"]
-        for i in range(cfg.depth):
+        for i in range(depth):
             src, dst = f"transformer_blocks.{i}.", f"{prefix}blocks.{i}."
             for a, b in _BLOCK_KEYS.items():
                 for suffix in ((".weight", ".bias") if a != "scale_shift_table" else ("",)):
@@ -69,6 +69,10 @@ def pixart_to_sigma(pixart: Dict[str, torch.Tensor], cfg: ModelConfig) -> Dict[s
             for suffix in (".weight", ".bias"):
                 out[dst + "attn.qkv" + suffix] = torch.cat([pixart[f"{src}attn1.to_{n}{suffix}"] for n in "qkv"])
                 out[dst + "cross_attn.kv" + suffix] = torch.cat([pixart[f"{src}attn2.to_{n}{suffix}"] for n in "kv"])
+    last = f"transformer_blocks.{cfg.depth - 1}."
+    out["reference_net.last_kv.scale_shift_table"] = pixart[last + "scale_shift_table"][:2]
+    for suffix in (".weight", ".bias"):
+        out["reference_net.last_kv.kv" + suffix] = torch.cat([pixart[f"{last}attn1.to_{n}{suffix}"] for n in "kv"])
     w = pixart["pos_embed.proj.weight"]  # (D, C, p, p)
     out["reference_net.patch_embed.proj.weight"] = w
     out["patch_embed.proj.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)  # (D, 2C, p, p)

@@ -24,9 +24,9 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .attention import KV
+from .attention import KV, split_heads
 from .audio_encoder import feature_shape, window_size
-from .blocks import FinalLayer, SigmaBlock, expand_batch
+from .blocks import FinalLayer, SigmaBlock, expand_batch, modulate
 
 Amplitude = Union[float, torch.Tensor]  # a scalar, or one value per sample (B,)
 
@@ -62,15 +62,36 @@ def _run(block: nn.Module, use_checkpoint: bool, *args, **kwargs):
     return block(*args, **kwargs)
 
 
+class ReferenceKV(nn.Module):
+    """The last reference block's share: only its self-attention keys/values are ever read."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)  # shift, scale of the attention input
+        self.kv = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> KV:
+        shift, scale = (self.scale_shift_table[None] + modulation[:, :2]).chunk(2, dim=1)
+        k, v = self.kv(modulate(self.norm(x), shift, scale)).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)
+
+
 class ReferenceNet(nn.Module):
-    """A copy of the backbone (same init as the denoiser) that encodes the reference latent at t=0."""
+    """A copy of the backbone (same init as the denoiser) that encodes the reference latent at t=0.
+
+    Its last block is cut to what is read of it (the keys/values), so that every parameter
+    takes part in the forward pass, as DistributedDataParallel requires.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.patch_embed = _patch_embed(cfg, cfg.in_channels)
         self.adaln_single = AdaLayerNormSingle(cfg.width)
         self.caption_projection = PixArtAlphaTextProjection(cfg.caption_channels, cfg.width)
-        self.blocks = nn.ModuleList(SigmaBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(SigmaBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth - 1))
+        self.last_kv = ReferenceKV(cfg.width, cfg.num_heads)
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
     def forward(self, reference: torch.Tensor, context: torch.Tensor) -> List[KV]:
@@ -84,7 +105,7 @@ class ReferenceNet(nn.Module):
         for block in self.blocks:
             x, kv = _run(block, self.gradient_checkpointing, x, modulation, ctx, return_kv=True)
             kvs.append(kv)
-        return kvs
+        return kvs + [self.last_kv(x, modulation)]
 
 
 class SigmaDiT(nn.Module):

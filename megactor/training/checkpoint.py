@@ -46,17 +46,17 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
     return resume
 
 
-def rng_state(generator: torch.Generator) -> Dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-             "python": random.getstate(), "numpy": _numpy_state_to_lists(np.random.get_state())}
+def rng_state() -> Dict:
+    """The global generators' states (the trainer's own draws are seeded per sample and need none)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": _numpy_state_to_lists(np.random.get_state())}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: Dict, generator: torch.Generator) -> None:
+def set_rng_state(state: Dict) -> None:
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
     random.setstate(_to_tuples(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

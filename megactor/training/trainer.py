@@ -82,7 +82,6 @@ class Trainer:
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_train_steps)
         self.ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.accelerator.process_index)
         self.step = self.batches_seen = self.nan_streak = self.nan_total = 0
 
         self.resumed_from = ckpt.resolve_resume(cfg.resume, cfg.output_dir) if cfg.resume else None
@@ -92,6 +91,8 @@ class Trainer:
             for block in list(model.blocks) + list(model.reference_net.blocks):
                 block.compile()
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if self.ema is not None:
+            self.ema.to(self.device)
         self.params = params
 
     # ------------------------------------------------------------------ setup
@@ -125,7 +126,7 @@ class Trainer:
             "latents": self.codec.encode_video(batch["pixel_values"].to(dev, self.codec_dtype)).float(),
             "control": self.codec.encode_video(batch["control"].to(dev, self.codec_dtype)).float(),
             "reference": self.codec.encode(batch["reference"].to(dev, self.codec_dtype)).float(),
-            "visual_amplitude": use_visual, "audio_amplitude": use_audio,
+            "visual_amplitude": use_visual, "audio_amplitude": use_audio, "noise_seed": batch["noise_seed"],
         }
         if self.audio_encoder is not None:
             lengths = batch["audio_lengths"].tolist()
@@ -141,16 +142,24 @@ class Trainer:
     def codec_dtype(self) -> torch.dtype:
         return next(iter(self.codec.parameters()), torch.empty(0)).dtype
 
+    def draw_noise(self, latents: torch.Tensor, seeds: torch.Tensor):
+        """Noise and timesteps, each sample's from its own seed (set by the dataset): the same sample gets the
+        same draw whatever the batch, rank or resume it lands in."""
+        noise, timesteps = [], []
+        for seed in seeds.tolist():
+            g = torch.Generator(self.device).manual_seed(seed)
+            n = torch.randn(latents.shape[1:], generator=g, device=self.device)
+            if self.cfg.noise_offset:
+                n = n + self.cfg.noise_offset * torch.randn((latents.shape[1], 1, 1, 1), generator=g, device=self.device)
+            noise.append(n)
+            timesteps.append(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (1,), generator=g,
+                                           device=self.device))
+        return torch.stack(noise), torch.cat(timesteps)
+
     def compute_loss(self, inputs: Dict[str, torch.Tensor]):
         """-> (mean loss, per-sample losses (B,))."""
         latents = inputs["latents"]
-        b = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=self.generator, device=self.device)
-        if self.cfg.noise_offset:
-            noise = noise + self.cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1, 1),
-                                                                generator=self.generator, device=self.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,),
-                                  generator=self.generator, device=self.device)
+        noise, timesteps = self.draw_noise(latents, inputs["noise_seed"])
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = training_target(self.noise_scheduler, latents, noise, timesteps)
         with self.accelerator.autocast():
@@ -216,6 +225,10 @@ class Trainer:
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
                 f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         acc.init_trackers("tensorboard")
+        if acc.is_main_process:
+            logger.info("stage %d on %d process(es) (%s, mixed precision %s): %d trainable parameters", cfg.stage,
+                        acc.num_processes, acc.distributed_type, acc.mixed_precision,
+                        sum(p.numel() for p in self.params))
         dataset = ClipDataset(cfg.train_data, seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                               batch_size=cfg.train_batch_size, skip_batches=self.batches_seen)
         loader = torch.utils.data.DataLoader(
@@ -270,7 +283,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         acc = self.accelerator
-        rank_state = {"rng": ckpt.rng_state(self.generator)}
+        rank_state = {"rng": ckpt.rng_state()}
         folder = ckpt.checkpoint_dir(self.cfg.output_dir, self.step)
         rank_states = gather_object([rank_state])  # each process's RNGs go beside the main checkpoint
         if acc.is_main_process:
@@ -300,7 +313,7 @@ class Trainer:
         self.step, self.batches_seen = state["step"], state["batches_seen"]
         self.nan_total, self.nan_streak = state["nan_total"], state["nan_streak"]
         if loaded["rank_state"] is not None:
-            ckpt.set_rng_state(loaded["rank_state"]["rng"], self.generator)
+            ckpt.set_rng_state(loaded["rank_state"]["rng"])
         logger.info("resumed from %s at step %d", folder, self.step)
 
     def export(self, folder: str) -> str:

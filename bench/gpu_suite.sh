@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU figures of the README in one go, on a machine with two GPUs:
-#   GPU 0: bench/infer_bench.py (xl, 5 s driver), then eval_audio.py on a 10 s driver (1 GPU)
+#   GPU 0: bench/infer_bench.py (xl, 5 s driver), eval_audio.py on a 10 s driver (1 GPU), bench/model_bench.py
 #   GPU 1: bench/train_bench.py (xl stage 3), then synthetic clips -> curation -> the small preset
 #          trained for SMALL_MINUTES (its TensorBoard events: $OUT_DIR/small.tfevents)
 #   both:  bench/train_bench.py under DDP, and eval_audio.py on the 10 s driver under torchrun
-# bench/model_bench.py runs on its own (it takes a GPU for several minutes).
+# bench/model_bench.py with its diffusers PixArt reference point: run it on its own (several minutes).
 # Usage: OUT_DIR=out DRIVERS=dir SOURCE=img bash bench/gpu_suite.sh
 set -uo pipefail
 out=${OUT_DIR:-gpu_suite}; mkdir -p "$out"
@@ -23,6 +23,8 @@ eval_args=(--config configs/inference/megactor-sigma/inference.yaml --source "$S
   export CUDA_VISIBLE_DEVICES=0
   python3 bench/infer_bench.py --driver-dir "$DRIVERS" --source "$SOURCE" --repeat 1 > "$out/infer_bench.log" 2>&1
   python3 eval_audio.py "${eval_args[@]}" --output-path "$work/one_gpu.mp4" > "$out/eval_1gpu.log" 2>&1
+  python3 bench/model_bench.py --modes "${MODEL_MODES:-eager-autocast,compile-autocast}" --no-pixart \
+      > "$out/model_bench.log" 2>&1
 ) &
 (
   export CUDA_VISIBLE_DEVICES=1
@@ -50,4 +52,4 @@ a, b = (read_video(f"{sys.argv[1]}/{n}.mp4").frames.astype(np.int16) for n in ("
 print(f"frames {a.shape}; |1 GPU - 2 GPUs| per pixel: mean {np.abs(a - b).mean():.3f}, max {np.abs(a - b).max()} (0-255)")
 PY
 grep -h "wrote\|per pixel" "$out"/eval_*.log
-tail -n 14 "$out/infer_bench.log"; grep -h -A3 "| processes" "$out/train_bench.log"
+tail -n 14 "$out/infer_bench.log"; grep -h -A3 "| processes" "$out/train_bench.log"; tail -n 5 "$out/model_bench.log"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README in one go, on a machine with two GPUs:
+# The GPU figures of the README in one go, on a machine with two GPUs (with one, in turn, no scaling):
 #   GPU 0: bench/infer_bench.py (xl, 5 s driver), eval_audio.py on a 10 s driver (1 GPU), bench/model_bench.py
 #   GPU 1: bench/train_bench.py (xl stage 3), then synthetic clips -> curation -> the small preset
 #          trained for SMALL_MINUTES (its TensorBoard events: $OUT_DIR/small.tfevents)
@@ -9,6 +9,8 @@
 set -uo pipefail
 out=${OUT_DIR:-gpu_suite}; mkdir -p "$out"
 work=$(mktemp -d)
+gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+second=$(( gpus > 1 ? 1 : 0 ))
 python3 - "$work" "$DRIVERS" <<'PY'
 import sys
 sys.path.insert(0, "bench")
@@ -26,8 +28,9 @@ eval_args=(--config configs/inference/megactor-sigma/inference.yaml --source "$S
   python3 bench/model_bench.py --modes "${MODEL_MODES:-eager-autocast,compile-autocast}" --no-pixart \
       > "$out/model_bench.log" 2>&1
 ) &
+[ "$gpus" -gt 1 ] || wait  # one GPU: one thing at a time
 (
-  export CUDA_VISIBLE_DEVICES=1
+  export CUDA_VISIBLE_DEVICES=$second
   python3 bench/train_bench.py --config configs/train/megactor-sigma/train_stage3.yaml > "$out/train_bench.log" 2>&1
   python3 -m megactor.data.synthetic --out "$work/clips" --clips "${SMALL_CLIPS:-96}" --seconds 4 --size 128 \
       > "$work/data.log" 2>&1
@@ -40,11 +43,11 @@ eval_args=(--config configs/inference/megactor-sigma/inference.yaml --source "$S
   tail -c 3000 "$work/small_train.log" > "$out/small_train_tail.log"
 ) &
 wait
-accelerate launch --multi_gpu --num_processes 2 bench/train_bench.py \
+[ "$gpus" -gt 1 ] && accelerate launch --multi_gpu --num_processes 2 bench/train_bench.py \
     --config configs/train/megactor-sigma/train_stage3.yaml >> "$out/train_bench.log" 2>&1
-torchrun --nproc_per_node 2 eval_audio.py "${eval_args[@]}" --output-path "$work/two_gpus.mp4" \
+[ "$gpus" -gt 1 ] && torchrun --nproc_per_node 2 eval_audio.py "${eval_args[@]}" --output-path "$work/two_gpus.mp4" \
     > "$out/eval_2gpu.log" 2>&1
-python3 - "$work" <<'PY' > "$out/eval_compare.log" 2>&1
+[ "$gpus" -gt 1 ] && python3 - "$work" <<'PY' > "$out/eval_compare.log" 2>&1
 import sys
 import numpy as np
 from megactor.data.video_io import read_video

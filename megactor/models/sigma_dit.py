@@ -96,7 +96,7 @@ class ReferenceNet(nn.Module):
 
     def forward(self, reference: torch.Tensor, context: torch.Tensor) -> List[KV]:
         """reference (B, C, h, w), context (T, caption_channels) -> per block (keys, values), (B, H, N, d) each."""
-        x = self.patch_embed(reference)  # (B, N, D)
+        x = self.patch_embed(reference).to(self.caption_projection.linear_1.weight.dtype)  # (B, N, D), params' dtype
         t = torch.zeros(reference.shape[0], device=reference.device)
         modulation, _ = self.adaln_single(t, batch_size=reference.shape[0], hidden_dtype=x.dtype)
         modulation = modulation.view(x.shape[0], 6, -1)
@@ -187,7 +187,7 @@ class SigmaDiT(nn.Module):
             control = torch.zeros_like(latents)
         control = control * _per_sample(visual_amplitude, b, latents).view(b, 1, 1, 1, 1)
         x = rearrange(torch.cat([latents, control], dim=1), "b c f h w -> (b f) c h w")
-        x = self.patch_embed(x)  # (B*F, N, D)
+        x = self.patch_embed(x).to(self.context.dtype)  # (B*F, N, D); the residual stream keeps the params' dtype
 
         modulation, t_emb = self.adaln_single(timestep, batch_size=b, hidden_dtype=x.dtype)  # (B, 6D), (B, D)
         modulation = expand_batch(modulation.view(b, 6, -1), rows)  # (B*F, 6, D)

@@ -15,7 +15,7 @@ import pytest
 from megactor.curation.config import load_curation_config
 from megactor.curation.pipeline import curate, main
 from megactor.curation.runner import Item, Step, process_items
-from megactor.data.shards import index_shard, list_shards, plan_shards, write_shard
+from megactor.data.shards import index_shard, list_shards, plan_shards, unpack_array, write_shard
 from megactor.data.video_io import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,8 @@ def test_curate_keeps_the_real_clips(testcases, tmp_path):
     n = sample["num_frames"]
     assert sample["fps"] == 30.0 and sample["sample_rate"] == 16000
     assert len(sample["faces"]["valid"]) == n and all(sample["faces"]["valid"])
-    assert np.asarray(sample["faces"]["landmarks"]).shape == (n, 468, 2)
+    landmarks = unpack_array(sample["faces"]["landmarks"])
+    assert landmarks.shape == (n, 468, 2) and np.isfinite(landmarks).all()
     assert {"sync_score", "sync_lag", "valid_fraction", "yaw", "motion"} <= set(sample["metrics"])
     report = (out / "report.md").read_text()
     assert "clips: 3, kept: 3" in report and "| sync_score | 3 |" in report

@@ -3,7 +3,7 @@
 Every frame of a clip is analysed (``FaceAnalyser.track``). A frame is valid
 when it shows exactly one face, whose box's shorter side reaches
 ``min_face_size`` and whose landmarks all lie inside the frame. Per-frame
-validity, boxes, landmarks (x, y rounded to 0.1 px), mouth opening and head
+validity, boxes, landmarks (x, y; packed float32, see shards.pack_array), mouth opening and head
 pose go into the clip's json (``json["faces"]``), with clip statistics in
 ``json["metrics"]``. A clip with fewer than ``min_valid_fraction`` valid frames
 is dropped, with the most common fault of its invalid frames as the reason.
@@ -23,7 +23,7 @@ from megactor.curation.config import CurationConfig
 from megactor.curation.runner import Item, Step, shard_items
 from megactor.curation.pack import Pack
 from megactor.data.face import Face, FaceAnalyser, build_face_analyser, face_size, head_pose, mouth_opening
-from megactor.data.shards import decode_frames
+from megactor.data.shards import decode_frames, pack_array
 from megactor.data.video_io import MediaError
 from megactor.metrics.dataset import abs_extent, head_speed, valid_fraction
 
@@ -66,7 +66,7 @@ def analyse_clip(frames: np.ndarray, fps: float, analyser: FaceAnalyser, min_fac
     faces_json = {
         "valid": valid.tolist(),
         "boxes": [_rounded(b, 1) if f is not None else None for b, f in zip(boxes, single)],
-        "landmarks": [_rounded(l[:, :2], 1) if f is not None else None for l, f in zip(lm, single)],
+        "landmarks": pack_array(lm[:, :, :2]),  # (T, 468, 2) pixels, NaN where not exactly one face
         "mouth_opening": [round(float(m), 4) if f is not None else None for m, f in zip(mouth, single)],
         "pose": [_rounded(p, 2) if f is not None else None for p, f in zip(pose, single)],
     }

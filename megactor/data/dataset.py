@@ -63,7 +63,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from megactor.config import AugmentConfig, TrainDataConfig
 from megactor.data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points, warp_frames
-from megactor.data.shards import SampleRef, decode_audio, decode_frames, index_shard, list_shards
+from megactor.data.shards import SampleRef, decode_audio, decode_selected_frames, index_shard, list_shards, unpack_array
 from megactor.data.video_io import MediaError, fit_audio
 
 log = logging.getLogger(__name__)
@@ -237,20 +237,21 @@ class ClipDataset(IterableDataset):
             raise CorruptSample(f"{name}: {e}") from None
 
         data = ref.read("mp4")
-        frames, _ = decode_frames(data, name, stop=max(int(indices[-1]), ref_index) + 1)
-        if len(frames) <= max(int(indices[-1]), ref_index):
-            raise CorruptSample(f"{name}: {len(frames)} frames decoded, the json lists {len(valid)}")
+        frames = decode_selected_frames(data, name, [*indices.tolist(), ref_index])
+        if len(frames) < len({*indices.tolist(), ref_index}):
+            raise CorruptSample(f"{name}: frame {max(int(indices[-1]), ref_index)} missing, the json lists {len(valid)}")
         rate = int(meta.get("sample_rate", 16000))
         audio = fit_audio(decode_audio(data, name, rate), int(round(len(valid) / fps * rate)))  # drop AAC padding
         try:
-            landmarks = np.array([faces["landmarks"][i] for i in indices], np.float32)  # (L, N, 2)
-            ref_landmarks = np.array(faces["landmarks"][ref_index], np.float32)  # (N, 2)
+            all_landmarks = unpack_array(faces["landmarks"])  # (T, N, 2)
+            landmarks = all_landmarks[indices]  # (L, N, 2)
+            ref_landmarks = all_landmarks[ref_index]  # (N, 2)
             boxes = np.array([faces["boxes"][i] for i in [*indices, ref_index]], np.float64)  # (L + 1, 4)
         except (IndexError, TypeError, ValueError) as e:
             raise CorruptSample(f"{name}: bad face records ({e})") from None
 
         union = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])
-        box = face_crop_box(union, frames.shape[1:3], cfg.crop_margin)
+        box = face_crop_box(union, frames[ref_index].shape[:2], cfg.crop_margin)
         size = cfg.sample_size
         clip = np.stack([crop_and_resize(frames[i], box, size) for i in indices])  # (L, S, S, 3)
         reference = crop_and_resize(frames[ref_index], box, size)  # (S, S, 3)

@@ -5,12 +5,17 @@ convention: the key is the member name up to its first dot). Shards are
 written whole to a temporary name and renamed, with fixed member metadata
 (mtime 0, fixed owner), so the same samples always give the same bytes.
 
+Large per-frame arrays (the face landmarks) are stored in the json as base64
+float32 (``pack_array``): parsing them as nested lists costs ~0.1 s per
+100-frame clip, decoding the base64 well under a millisecond.
+
 Reading goes through an index of member offsets (``index_shard``): a sample's
 bytes are one seek and one read away, so a reader can jump to any sample
 without touching the ones before it.
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -26,6 +31,24 @@ import webdataset as wds
 from megactor.data.video_io import AUDIO_RATE, MediaError, _decode_audio
 
 SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+# --------------------------------------------------------------------------- arrays in json
+
+
+def pack_array(a: np.ndarray) -> dict:
+    """A float32 array as json: {"shape": [...], "float32": base64 of its little-endian bytes}."""
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"shape": list(a.shape), "float32": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def unpack_array(packed: dict) -> np.ndarray:
+    """Inverse of ``pack_array``; ValueError on a malformed record."""
+    try:
+        data = base64.b64decode(packed["float32"], validate=True)
+        return np.frombuffer(data, dtype="<f4").reshape(packed["shape"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a packed float32 array ({e})") from None
 
 
 # --------------------------------------------------------------------------- writing
@@ -123,8 +146,9 @@ def index_shard(path: str) -> list[SampleRef]:
 # --------------------------------------------------------------------------- decoding
 
 
-def iter_frames(source: Union[str, BinaryIO], name: str) -> tuple[float, Iterator[np.ndarray]]:
-    """Open a video (a path or a binary file object) -> (fps, iterator of RGB uint8 (H, W, 3) frames).
+def iter_frames(source: Union[str, BinaryIO], name: str, convert: bool = True) -> tuple[float, Iterator]:
+    """Open a video (a path or a binary file object) -> (fps, iterator of RGB uint8 (H, W, 3) frames,
+    or of PyAV frames with ``convert=False``, for the caller to convert the ones it keeps).
 
     Decoding stops quietly at a truncated end; a file that cannot be opened, or
     whose first frame cannot be decoded, raises MediaError naming ``name``.
@@ -147,7 +171,7 @@ def iter_frames(source: Union[str, BinaryIO], name: str) -> tuple[float, Iterato
         try:
             for frame in container.decode(stream):
                 count += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield frame.to_ndarray(format="rgb24") if convert else frame
         except av.FFmpegError as e:
             if not count:
                 raise MediaError(f"{name}: video could not be decoded ({e})") from None
@@ -169,6 +193,20 @@ def decode_frames(data: bytes, name: str, stop: Optional[int] = None) -> tuple[n
     if not out:
         raise MediaError(f"{name}: contains no video frames")
     return np.stack(out), fps
+
+
+def decode_selected_frames(data: bytes, name: str, wanted: Sequence[int]) -> dict[int, np.ndarray]:
+    """In-memory video -> {index: RGB uint8 (H, W, 3)} for the ``wanted`` frame indices found; decoding ends
+    at the last one, and only those are converted from YUV."""
+    _, frames = iter_frames(io.BytesIO(data), name, convert=False)
+    want, last, out = set(wanted), max(wanted), {}
+    for i, frame in enumerate(frames):
+        if i in want:
+            out[i] = frame.to_ndarray(format="rgb24")
+        if i >= last:
+            frames.close()
+            break
+    return out
 
 
 def decode_audio(data: bytes, name: str, sample_rate: int = AUDIO_RATE) -> np.ndarray:

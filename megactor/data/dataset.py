@@ -31,6 +31,10 @@ from ``(seed, epoch, stream, position, attempt)``; positions never depend on
 what decoded, so resuming stays exact. The replacement is the one way a
 sample can appear twice in an epoch.
 
+Iterating in the main process and then forking DataLoader workers from it can
+deadlock the workers in OpenCV's thread pool; a DataLoader alone (the trainer's
+use) or ``multiprocessing_context="forkserver"`` is safe.
+
 Per sample: ``video_length`` frames at ``frame_stride`` (a start drawn
 uniformly among those whose frames are all valid), a reference frame of the
 same clip at least ``ref_min_distance`` frames from every sampled frame (else

@@ -49,9 +49,9 @@ SYLLABLE_BAND_HZ = (1.0, 6.0)
 
 @dataclass(frozen=True)
 class SyncResult:
-    score: float  # correlation at the best lag, in [-1, 1]
+    score: float  # higher is better: here the correlation at the best lag; SyncNet: its confidence
     lag: int  # video frames; > 0: the audio is late
-    correlations: np.ndarray  # (2 * max_lag + 1,) the correlation at lags -max_lag ... max_lag
+    correlations: np.ndarray  # (2 * max_lag + 1,) the match at lags -max_lag ... max_lag (higher is better)
 
 
 def speech_envelope(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:

@@ -1,7 +1,6 @@
 """ClipDataset: sample contents, mode ratios, reference distance, disjoint shares, exact resume, corrupt samples."""
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,7 @@
 """The curation's metrics table (one row per clip, or per input that failed before clipping) and report."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Optional
 
@@ -49,9 +50,7 @@ def write_table(table: pd.DataFrame, out_dir: str) -> list[str]:
     """metrics.csv, plus metrics.parquet when pyarrow is installed; atomically."""
     paths = [os.path.join(out_dir, "metrics.csv")]
     write_atomic(paths[0], table.to_csv(index=False).encode())
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("pyarrow") is None:
         return paths
     paths.append(os.path.join(out_dir, "metrics.parquet"))
     write_atomic(paths[1], table.to_parquet(index=False))

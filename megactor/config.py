@@ -31,7 +31,7 @@ class CodecConfig:
     type: str = "pixel"  # "pixel" (no weights, lossless pixel-unshuffle) or "vae" (diffusers AutoencoderKL)
     path: Optional[str] = None  # VAE folder or hub id
     subfolder: Optional[str] = None
-    factor: int = 4  # pixel codec only: latent = pixel_unshuffle(image, factor)
+    factor: int = 2  # pixel codec only: latent = pixel_unshuffle(image, factor)
 
 
 @dataclass
@@ -48,12 +48,12 @@ class AudioEncoderConfig:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
-    sample_size: int = 16  # latent height/width the positional embedding is built for
+    sample_size: int = 32  # latent height/width the positional embedding is built for
     patch_size: int = 2
-    in_channels: int = 48  # latent channels; control latents have as many
-    width: int = 64
-    depth: int = 2
-    num_heads: int = 2
+    in_channels: int = 12  # latent channels; control latents have as many
+    width: int = 96
+    depth: int = 4
+    num_heads: int = 4
     mlp_ratio: float = 4.0
     caption_channels: int = 32  # the learned context lives in PixArt's caption (T5) space
     context_tokens: int = 8
@@ -77,12 +77,12 @@ def _preset(**kw) -> ModelConfig:
 
 
 PRESETS = {
-    # CPU-testable: 64x64 pixels -> 16x16x48 pixel latents -> 64 tokens per frame.
+    # CPU-testable: 64x64 pixels -> 32x32x12 pixel latents -> 256 tokens per frame.
     "tiny": _preset(preset="tiny"),
     # 128x128 pixels -> 32x32x48 pixel latents -> 256 tokens per frame.
     "small": _preset(
         preset="small", sample_size=32, in_channels=48, width=384, depth=12, num_heads=6,
-        caption_channels=64, context_tokens=8, audio_hidden=512,
+        caption_channels=64, context_tokens=8, audio_hidden=512, codec=CodecConfig(factor=4),
         audio_encoder=AudioEncoderConfig(d_model=128, layers=2, heads=2),
     ),
     # PixArt-XL-2 at 512x512: SD VAE latents 64x64x4, 28 blocks of width 1152, 16 heads.

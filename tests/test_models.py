@@ -13,7 +13,8 @@ from megactor.models import (
 )
 from megactor.models.loading import WEIGHTS_NAME
 
-B, F, H = 2, 4, 16  # batch, frames, latent size of the tiny preset
+B, F = 2, 4  # batch, frames
+C, H, D = tiny_config().in_channels, tiny_config().sample_size, tiny_config().width  # the tiny preset's latents
 
 
 def inputs(cfg, frames=F):
@@ -38,20 +39,20 @@ def test_pixart_loaded_reproduces_pixart_on_one_frame(tiny_pixart_dir, loaded):
     from diffusers import PixArtTransformer2DModel
 
     pixart = PixArtTransformer2DModel.from_pretrained(tiny_pixart_dir).eval()
-    x, t = torch.randn(3, 48, H, H), torch.tensor([0, 400, 999])
+    x, t = torch.randn(3, C, H, H), torch.tensor([0, 400, 999])
     with torch.no_grad():
         expected = pixart(x, encoder_hidden_states=loaded.context[None].expand(3, -1, -1), timestep=t).sample
         out = loaded(x[:, :, None], t)[:, :, 0]
-    assert out.shape == (3, 48, H, H)
-    assert (out - expected[:, :48]).abs().max() <= 1e-5
+    assert out.shape == (3, C, H, H)
+    assert (out - expected[:, :C]).abs().max() <= 1e-5
 
 
 def test_reference_net_starts_as_a_copy_of_the_backbone(loaded):
     sd = loaded.state_dict()
     assert torch.equal(sd["reference_net.blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
-    assert torch.equal(sd["reference_net.last_kv.kv.weight"], sd["blocks.1.attn.qkv.weight"][64:])
-    assert torch.equal(sd["reference_net.last_kv.scale_shift_table"], sd["blocks.1.scale_shift_table"][:2])
-    assert torch.equal(sd["reference_net.patch_embed.proj.weight"], sd["patch_embed.proj.weight"][:, :48])
+    assert torch.equal(sd["reference_net.last_kv.kv.weight"], sd[f"blocks.{tiny_config().depth - 1}.attn.qkv.weight"][D:])
+    assert torch.equal(sd["reference_net.last_kv.scale_shift_table"], sd[f"blocks.{tiny_config().depth - 1}.scale_shift_table"][:2])
+    assert torch.equal(sd["reference_net.patch_embed.proj.weight"], sd["patch_embed.proj.weight"][:, :C])
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -90,7 +91,7 @@ def test_new_branch_has_no_effect_until_its_output_is_perturbed(loaded, branch):
         kwargs = {"visual": dict(control=control), "audio": dict(audio=audio), "temporal": dict(temporal=True)}[branch]
         assert torch.equal(loaded(latents, t, reference_kv=ref_kv, **kwargs), base)
         if branch == "visual":
-            loaded.patch_embed.proj.weight[:, 48:].normal_(std=0.5)
+            loaded.patch_embed.proj.weight[:, C:].normal_(std=0.5)
         else:
             for blk in loaded.blocks:
                 _perturb(blk.audio_attn.proj if branch == "audio" else blk.temporal.attn.proj)
@@ -101,7 +102,7 @@ def test_amplitudes_scale_the_branches(loaded):
     latents, t, control, audio, reference = inputs(loaded.config)
     for blk in loaded.blocks:
         _perturb(blk.audio_attn.proj)
-    loaded.patch_embed.proj.weight.data[:, 48:].normal_(std=0.5)
+    loaded.patch_embed.proj.weight.data[:, C:].normal_(std=0.5)
     with torch.no_grad():
         off = loaded(latents, t)
         assert torch.allclose(loaded(latents, t, control=control, audio=audio, audio_amplitude=0.0,
@@ -188,14 +189,15 @@ def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
         assert torch.equal(model(latents, t, control, audio, reference), loaded(latents, t, control, audio, reference))
 
 
-def test_tiny_training_step_is_well_under_a_second():
-    model = SigmaDiT(tiny_config(), )
+def test_tiny_training_step_is_under_a_second():
+    """A stage-2-sized step (2 clips of 8 frames, every branch on) of the tiny preset (0.45 s on 2 cores)."""
+    model = SigmaDiT(tiny_config())
     latents, t, control, audio, reference = inputs(model.config, frames=8)
     for _ in range(2):  # the first call warms up
         start = time.perf_counter()
         model(latents, t, control, audio, reference).square().mean().backward()
         elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, elapsed
+    assert elapsed < 1.0, elapsed
 
 
 # ---------------------------------------------------------------------------- audio

@@ -5,7 +5,7 @@
 #   bash train.sh train.py ./configs/train/megactor-sigma/train_stage1.yaml 8
 #
 # NUM_GPUS > 1 uses configs/accelerate/ddp.yaml; set ACCELERATE_CONFIG to use another
-# (configs/accelerate/deepspeed_zero2.yaml, configs/accelerate/fsdp.yaml). With no GPU
+# (configs/accelerate/deepspeed_zero2.yaml). With no GPU
 # it runs NUM_GPUS CPU processes on the gloo backend (accelerate's --cpu launcher starts one
 # process unless MPI is set up, so several CPU processes go through its torchrun launcher).
 set -euo pipefail

@@ -3,7 +3,8 @@
 A checkpoint folder `checkpoints/step-0000100/` holds
     trainable.safetensors   the trainable parameters (frozen ones come from the stage's init)
     ema.safetensors         their exponential moving average (when use_ema)
-    optimizer.pt            optimizer state                 } loaded with
+    optimizer.pt            optimizer state (not under      } loaded with
+                            DeepSpeed/FSDP: sharded)        }
     state.pt                step, data position, lr         } torch.load(weights_only=True)
                             schedule, EMA counters, RNGs
     state_rank{r}.pt        each process's RNG states
@@ -74,14 +75,15 @@ def _to_tuples(x):
 
 
 def save_checkpoint(folder: str, trainable: Dict[str, torch.Tensor], ema: Optional[Dict[str, torch.Tensor]],
-                    optimizer_state: Dict, state: Dict, rank_states: Dict[int, Dict]) -> None:
+                    optimizer_state: Optional[Dict], state: Dict, rank_states: Dict[int, Dict]) -> None:
     """Write the checkpoint folder atomically (all of it appears at once, or nothing)."""
     with atomic_folder(folder) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()},
                   os.path.join(tmp, "trainable.safetensors"))
         if ema is not None:
             save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, os.path.join(tmp, "ema.safetensors"))
-        torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
+        if optimizer_state is not None:
+            torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
         torch.save(state, os.path.join(tmp, "state.pt"))
         for rank, rs in rank_states.items():
             torch.save(rs, os.path.join(tmp, f"state_rank{rank}.pt"))
@@ -90,10 +92,12 @@ def save_checkpoint(folder: str, trainable: Dict[str, torch.Tensor], ema: Option
 def load_checkpoint(folder: str, rank: int = 0, map_location: str = "cpu") -> Dict:
     out = {
         "trainable": load_file(os.path.join(folder, "trainable.safetensors"), device=map_location),
-        "optimizer": torch.load(os.path.join(folder, "optimizer.pt"), map_location=map_location, weights_only=True),
         "state": torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True),
         "ema": None,
     }
+    optimizer_path = os.path.join(folder, "optimizer.pt")
+    out["optimizer"] = (torch.load(optimizer_path, map_location=map_location, weights_only=True)
+                        if os.path.isfile(optimizer_path) else None)
     ema_path = os.path.join(folder, "ema.safetensors")
     if os.path.isfile(ema_path):
         out["ema"] = load_file(ema_path, device=map_location)

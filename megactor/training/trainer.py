@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import OmegaConf
@@ -73,6 +73,7 @@ class Trainer:
         self.trainable_names = select_trainable(model, cfg.trainable_modules, cfg.stage, where)
         params = [p for p in model.parameters() if p.requires_grad]
         frozen_dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else None
+        self.autocast_dtype = frozen_dtype
         self.codec = build_codec(cfg.model.codec).to(self.device, frozen_dtype)
         self.audio_encoder = (WhisperAudioEncoder(cfg.model.audio_encoder).to(self.device, frozen_dtype)
                               if uses_audio(cfg.stage) else None)
@@ -84,7 +85,18 @@ class Trainer:
         self.ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
         self.step = self.batches_seen = self.nan_streak = self.nan_total = 0
 
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            raise ConfigError(f"{where}: FSDP is not supported by this trainer (its EMA, checkpoints and validation "
+                              "assume whole parameters on every process): use DDP, or DeepSpeed ZeRO-2 "
+                              "(configs/accelerate/deepspeed_zero2.yaml) to shard the optimizer state")
+        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        if self.deepspeed:
+            self._configure_deepspeed(where)
         self.resumed_from = ckpt.resolve_resume(cfg.resume, cfg.output_dir) if cfg.resume else None
+        if self.resumed_from and self.deepspeed:
+            raise ConfigError(f"{where}: resume under {self.accelerator.distributed_type} is not supported (the "
+                              "optimizer state is sharded across processes): train under DDP to resume, or start a new "
+                              "run from an exported model (output_dir/model) with init_checkpoint")
         if self.resumed_from:
             self._load_checkpoint(model, self.resumed_from)
         if cfg.compile:
@@ -109,6 +121,16 @@ class Trainer:
             raise ConfigError(f"{where}: init_checkpoint {cfg.init_checkpoint!r} does not fit this config's "
                               f"model section: {str(e).splitlines()[0]} ...") from None
         return model
+
+    def _configure_deepspeed(self, where: str) -> None:
+        """Batch size and clipping from this config; DeepSpeed's engine then runs backward, clipping and the step."""
+        cfg = self.cfg
+        if cfg.gradient_accumulation_steps != 1:
+            raise ConfigError(f"{where}: gradient_accumulation_steps {cfg.gradient_accumulation_steps} under DeepSpeed: "
+                              "use 1 (scale the batch with train_batch_size or more GPUs), or train with DDP")
+        self.accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=cfg.train_batch_size, gradient_accumulation_steps=1,
+            gradient_clipping=cfg.max_grad_norm, zero_allow_untested_optimizer=True)  # torch's AdamW
 
     @property
     def unwrapped(self) -> SigmaDiT:
@@ -162,9 +184,13 @@ class Trainer:
         noise, timesteps = self.draw_noise(latents, inputs["noise_seed"])
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = training_target(self.noise_scheduler, latents, noise, timesteps)
-        with self.accelerator.autocast():
-            prediction = self.model(noisy, timesteps, control=inputs["control"], audio=inputs.get("audio"),
-                                    reference=inputs["reference"], audio_amplitude=inputs["audio_amplitude"],
+        control, audio, reference = inputs["control"], inputs.get("audio"), inputs["reference"]
+        if self.deepspeed and self.autocast_dtype is not None:  # its engine holds bf16 weights, runs with autocast off
+            noisy, control, reference = (t.to(self.autocast_dtype) for t in (noisy, control, reference))
+            audio = audio.to(self.autocast_dtype) if audio is not None else None
+        with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            prediction = self.model(noisy, timesteps, control=control, audio=audio,
+                                    reference=reference, audio_amplitude=inputs["audio_amplitude"],
                                     visual_amplitude=inputs["visual_amplitude"], temporal=uses_temporal(self.cfg.stage))
         per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
         return per_sample.mean(), per_sample
@@ -192,9 +218,10 @@ class Trainer:
             for (v, a), l in zip(modes, per_sample.tolist()):
                 logs.setdefault(f"loss/{MODE_NAMES[(round(v), round(a))]}", []).append(l)
         grad_norm = float("nan")
-        if finite:
-            grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
-            finite = math.isfinite(grad_norm)
+        if finite:  # under DeepSpeed, backward already clipped and stepped: this is the norm its engine saw
+            norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            grad_norm = float("nan") if norm is None else float(norm)
+            finite = math.isfinite(grad_norm) or self.deepspeed
         if finite:
             self.optimizer.step()
             self.lr_scheduler.step()
@@ -293,7 +320,8 @@ class Trainer:
             if self.ema is not None:
                 ema = self._named_trainable(self.ema.shadow_params)
                 state["ema"] = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
-            ckpt.save_checkpoint(folder, self._named_trainable(self.params), ema, self.optimizer.state_dict(),
+            optimizer = None if self.deepspeed else self.optimizer.state_dict()  # a shard per process: not resumable
+            ckpt.save_checkpoint(folder, self._named_trainable(self.params), ema, optimizer,
                                  state, dict(enumerate(rank_states)))
             ckpt.prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoints_total_limit)
         acc.wait_for_everyone()
@@ -304,6 +332,9 @@ class Trainer:
         if missing:
             raise ConfigError(f"resume: checkpoint {folder} lacks trainable parameters {sorted(missing)[:4]}: "
                               "was it written with other trainable_modules?")
+        if loaded["optimizer"] is None:
+            raise ConfigError(f"resume: checkpoint {folder} holds no optimizer state (written under DeepSpeed or FSDP): "
+                              "start a new run from an exported model (output_dir/model) with init_checkpoint")
         model.load_state_dict(loaded["trainable"], strict=False)
         self.optimizer.load_state_dict(loaded["optimizer"])
         state = loaded["state"]

@@ -261,4 +261,4 @@ def _to_tensor(images: np.ndarray, device, dtype) -> torch.Tensor:
     return (x.to(dtype) / 127.5 - 1.0)
 
 
-__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES"]
+__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance"]

@@ -138,7 +138,6 @@ class TrainDataConfig:
     ref_min_distance: int = 8  # the reference frame is at least this many frames from the clip
     crop_margin: float = 0.6  # face-centred square: box side * (1 + margin)
     num_workers: int = 2
-    shuffle_buffer: int = 64
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
 
 

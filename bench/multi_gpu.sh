@@ -19,16 +19,16 @@ PY
 eval_args=(--config configs/inference/megactor-sigma/inference.yaml --source "$SOURCE" --driver "$work/driver10.mp4"
            --num-steps "${EVAL_STEPS:-10}" --audio-scale 2.5 --visual-scale 1.5 --seed 0 checkpoint= compile=false
            "model.codec.path=$work/vae" model.codec.subfolder=null "model.audio_encoder.path=$work/whisper")
-# 1 GPU each, side by side
-CUDA_VISIBLE_DEVICES=0 python3 bench/train_bench.py --config $train_cfg > "$out/train_1gpu.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=1 python3 eval_audio.py "${eval_args[@]}" --output-path "$work/one_gpu.mp4" \
-    > "$out/eval_1gpu.log" 2>&1 &
-wait
+# the 1-GPU baselines one at a time, so that neither slows the other
+CUDA_VISIBLE_DEVICES=0 python3 bench/train_bench.py --config $train_cfg > "$out/train_1gpu.log" 2>&1
+CUDA_VISIBLE_DEVICES=0 python3 eval_audio.py "${eval_args[@]}" --output-path "$work/one_gpu.mp4" \
+    > "$out/eval_1gpu.log" 2>&1
+limit=${LAUNCH_TIMEOUT:-300}
 for strategy in ddp deepspeed_zero2; do
-    timeout "${LAUNCH_TIMEOUT:-300}" accelerate launch --config_file configs/accelerate/$strategy.yaml --num_processes 2 --mixed_precision bf16 \
-        bench/train_bench.py --config $train_cfg > "$out/train_2gpu_$strategy.log" 2>&1
+    timeout "$limit" accelerate launch --config_file configs/accelerate/$strategy.yaml --num_processes 2 \
+        --mixed_precision bf16 bench/train_bench.py --config $train_cfg > "$out/train_2gpu_$strategy.log" 2>&1
 done
-timeout "${LAUNCH_TIMEOUT:-300}" torchrun --nproc_per_node 2 eval_audio.py "${eval_args[@]}" --output-path "$work/two_gpus.mp4" \
+timeout "$limit" torchrun --nproc_per_node 2 eval_audio.py "${eval_args[@]}" --output-path "$work/two_gpus.mp4" \
     > "$out/eval_2gpu.log" 2>&1
 python3 - "$work" <<'PY' > "$out/eval_compare.log" 2>&1
 import sys

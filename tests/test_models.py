@@ -14,7 +14,8 @@ from megactor.models import (
 from megactor.models.loading import WEIGHTS_NAME
 
 B, F = 2, 4  # batch, frames
-C, H, D = tiny_config().in_channels, tiny_config().sample_size, tiny_config().width  # the tiny preset's latents
+TINY = tiny_config()
+C, H, D = TINY.in_channels, TINY.sample_size, TINY.width  # the tiny preset's latent channels, size and width
 
 
 def inputs(cfg, frames=F):
@@ -50,8 +51,9 @@ def test_pixart_loaded_reproduces_pixart_on_one_frame(tiny_pixart_dir, loaded):
 def test_reference_net_starts_as_a_copy_of_the_backbone(loaded):
     sd = loaded.state_dict()
     assert torch.equal(sd["reference_net.blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
-    assert torch.equal(sd["reference_net.last_kv.kv.weight"], sd[f"blocks.{tiny_config().depth - 1}.attn.qkv.weight"][D:])
-    assert torch.equal(sd["reference_net.last_kv.scale_shift_table"], sd[f"blocks.{tiny_config().depth - 1}.scale_shift_table"][:2])
+    last = f"blocks.{TINY.depth - 1}"
+    assert torch.equal(sd["reference_net.last_kv.kv.weight"], sd[f"{last}.attn.qkv.weight"][D:])
+    assert torch.equal(sd["reference_net.last_kv.scale_shift_table"], sd[f"{last}.scale_shift_table"][:2])
     assert torch.equal(sd["reference_net.patch_embed.proj.weight"], sd["patch_embed.proj.weight"][:, :C])
 
 

@@ -333,7 +333,7 @@ class Trainer:
             raise ConfigError(f"resume: checkpoint {folder} lacks trainable parameters {sorted(missing)[:4]}: "
                               "was it written with other trainable_modules?")
         if loaded["optimizer"] is None:
-            raise ConfigError(f"resume: checkpoint {folder} holds no optimizer state (written under DeepSpeed or FSDP): "
+            raise ConfigError(f"resume: checkpoint {folder} holds no optimizer state (written under DeepSpeed): "
                               "start a new run from an exported model (output_dir/model) with init_checkpoint")
         model.load_state_dict(loaded["trainable"], strict=False)
         self.optimizer.load_state_dict(loaded["optimizer"])

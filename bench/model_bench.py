@@ -17,6 +17,7 @@ import argparse
 import copy
 import statistics
 import time
+from typing import Optional
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -83,8 +84,7 @@ def sigma_case(args, device):
     )
 
     def compile_fn(m):
-        for blk in list(m.blocks) + list(m.reference_net.blocks):
-            blk.compile()
+        m.compile_blocks(cudagraphs=args.cudagraphs)
 
     return model, inputs, compile_fn
 
@@ -128,36 +128,65 @@ def run_mode(name, case, mode, args, device):
         with torch.no_grad():
             forward()
 
-    def train_step():
+    def train_step():  # as a training step: gradients start from None (the optimizer's zero_grad)
+        model.zero_grad(set_to_none=True)
         forward().float().square().mean().backward()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t_fwd = timed(infer, device, warmup=args.warmup, repeat=args.repeat)
-    model.zero_grad(set_to_none=True)
     t_step = timed(train_step, device, warmup=args.warmup, repeat=args.repeat)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    if args.profile == f"{name}:{mode}":
-        profile(train_step, device)
+    if f"{name}:{mode}" in (args.profile or "").split(","):
+        profile(train_step, device, trace=args.trace and f"{args.trace}.{mode}.json")
     del model, inputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return dict(name=name, mode=mode, fwd_s=t_fwd, step_s=t_step, mem=mem)
 
 
-def profile(step, device, rows: int = 25) -> None:
-    """The kernels of three training steps, most time first."""
+KERNEL_KINDS = [  # (kind, substrings of CUDA kernel names), first match wins
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
+    ("triton (compiled)", ("triton",)),
+    ("copy / layout", ("copy", "cat", "transpose", "memcpy", "memset")),
+    ("normalisation", ("norm",)),
+]
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other elementwise")
+
+
+def profile(step, device, rows: int = 25, steps: int = 3, trace: Optional[str] = None) -> None:
+    """The kernels of three training steps, most time first, and their time per step by kind;
+    `trace`: also a Chrome trace of the steps there."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     cuda = device.type == "cuda"
     with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        for _ in range(3):
+        for _ in range(steps):
             step()
         if cuda:
             torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=rows,
-                                    max_name_column_width=70), flush=True)
+    if trace:
+        prof.export_chrome_trace(trace)
+    averages = prof.key_averages()
+    print(averages.table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=rows,
+                         max_name_column_width=70), flush=True)
+    if not cuda:
+        return
+    kinds: dict = {}
+    for e in averages:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e3 / steps
+    total = sum(kinds.values())
+    print("| kernel kind | ms per step | share |\n|---|---:|---:|")
+    for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"| {kind} | {ms:.1f} | {ms / total:.0%} |")
+    print(f"| all kernels | {total:.1f} | |", flush=True)
 
 
 def case_flops(case, args, device):
@@ -182,12 +211,16 @@ def main():
     ap.add_argument("--size", type=int, default=512, help="pixels; latents are size/8 (VAE) or size/factor (pixel)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--cudagraphs", default="all", choices=["none", "reference", "all"],
+                    help="compiled modes: which blocks replay as CUDA graphs (SigmaDiT.compile_blocks)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    ap.add_argument("--no-sigma", action="store_true", help="time only the diffusers PixArt reference point")
     ap.add_argument("--no-pixart", action="store_true", help="skip the diffusers PixArt reference point")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--profile", help="MODEL:MODE to profile, e.g. 'SigmaDiT-xl:compile-autocast'")
+    ap.add_argument("--trace", help="with --profile: write Chrome traces to TRACE.<mode>.json")
+    ap.add_argument("--profile", help="MODEL:MODE[,MODEL:MODE] to profile, e.g. 'SigmaDiT-xl:compile-autocast'")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -195,7 +228,7 @@ def main():
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}; "
           f"bf16 8192^3 matmul: {peak / 1e12:.3g} TFLOP/s", flush=True)
     modes = args.modes.split(",")
-    cases = [("SigmaDiT-" + args.preset, sigma_case)]
+    cases = [] if args.no_sigma else [("SigmaDiT-" + args.preset, sigma_case)]
     if not args.no_pixart and args.preset == "xl":
         cases.append(("diffusers PixArt-XL-2", pixart_case))
     rows = []

@@ -88,8 +88,7 @@ class Animator:
             model = SigmaDiT(cfg.model)
         model = model.to(device, dtype).eval().requires_grad_(False)
         if cfg.compile:
-            for block in list(model.blocks) + list(model.reference_net.blocks):
-                block.compile()
+            model.compile_blocks(cudagraphs="reference")  # the denoiser's calls are long enough to hide launches
         codec = build_codec(cfg.model.codec).to(device, dtype)
         audio_encoder = WhisperAudioEncoder(cfg.model.audio_encoder).to(device, dtype)
         return cls(model, codec, audio_encoder, build_face_analyser(cfg.face_backend), cfg, device, dtype)

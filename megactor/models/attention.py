@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 KV = Tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, heads, M, head_dim) each
 
@@ -38,6 +39,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v)
+
+
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v spelt out, softmax in fp32; (..., N, d), (..., M, d), (..., M, d) -> (..., N, d).
+
+    For a handful of keys (the temporal layers' frames) on tensors in any layout: the fused kernels
+    want (batch, heads, tokens, d) rows of many tokens, and a compiled graph fuses this with its
+    neighbours instead (bench/short_attention_bench.py).
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -93,6 +105,20 @@ class SelfAttention(nn.Module):
         return (out, own_kv) if return_kv else out
 
 
+class FrameAttention(SelfAttention):
+    """Self-attention across frames: each token attends to the tokens at its position in its sample's frames.
+
+    Tokens stay laid out (B*F, N, D) as the spatial layers have them; only views are rearranged.
+    """
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x (B*F, N, D) -> (B*F, N, D)."""
+        q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=num_frames, h=self.heads)
+                   for t in self.qkv(x).chunk(3, dim=-1))
+        out = short_attention(q, k, v)  # (B, N, H, F, d)
+        return self.proj(rearrange(out, "b n h f d -> (b f) n (h d)"))
+
+
 class CrossAttention(nn.Module):
     """Queries from `x`, keys/values from a context sequence."""
 
@@ -105,6 +131,11 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x (B, N, D), context (B or 1, M, C) -> (B, N, D). A context of batch 1 is shared by all rows."""
+        b, n, d = x.shape
+        if context.shape[0] == 1 and not torch.is_grad_enabled():
+            # all rows' queries as one sequence against the one set of keys: a faster forward, but a slower
+            # backward (the keys' gradients would be reduced over all rows' queries by a few thread blocks)
+            x = x.reshape(1, b * n, d)
         q = split_heads(self.q(x), self.heads)
         k, v = (split_heads(t, self.heads).expand(x.shape[0], -1, -1, -1) for t in self.kv(context).chunk(2, dim=-1))
-        return self.proj(merge_heads(attention(q, k, v)))
+        return self.proj(merge_heads(attention(q, k, v))).reshape(b, n, d)

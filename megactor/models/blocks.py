@@ -16,9 +16,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from einops import rearrange
 
-from .attention import KV, CrossAttention, SelfAttention
+from .attention import KV, CrossAttention, FrameAttention, SelfAttention
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -61,19 +60,17 @@ class TemporalAttention(nn.Module):
     def __init__(self, dim: int, heads: int, max_frames: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads)
+        self.attn = FrameAttention(dim, heads)
         self.register_buffer("positions", sinusoidal_positions(max_frames, dim), persistent=False)
         nn.init.zeros_(self.attn.proj.weight)
         nn.init.zeros_(self.attn.proj.bias)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x (B*F, N, D): rows are the frames of each sample in order."""
         if num_frames > len(self.positions):
             raise ValueError(f"{num_frames} frames exceed the temporal layers' max_frames={len(self.positions)}")
-        n = x.shape[1]
-        h = rearrange(x, "(b f) n d -> (b n) f d", f=num_frames)
-        h = self.norm(h) + self.positions[:num_frames].to(h.dtype)
-        h = self.attn(h)
-        return x + rearrange(h, "(b n) f d -> (b f) n d", n=n)
+        positions = self.positions[:num_frames].to(x.dtype).repeat(x.shape[0] // num_frames, 1)  # (B*F, D)
+        return x + self.attn(self.norm(x) + positions[:, None], num_frames)
 
 
 class SigmaBlock(nn.Module):

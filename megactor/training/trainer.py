@@ -100,8 +100,7 @@ class Trainer:
         if self.resumed_from:
             self._load_checkpoint(model, self.resumed_from)
         if cfg.compile:
-            for block in list(model.blocks) + list(model.reference_net.blocks):
-                block.compile()
+            model.to(self.device).compile_blocks()  # on its device: CUDA graphs are decided there
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if self.ema is not None:
             self.ema.to(self.device)

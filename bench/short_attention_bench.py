@@ -1,0 +1,99 @@
+"""Attention over few keys (the temporal layers' 16 frames, the audio's 32 tokens, the context's 120):
+fused SDPA kernels against explicit matmul-softmax-matmul, eager and compiled, forward+backward of the
+whole module (norm, projections, attention) at the xl model's shapes.
+
+    python bench/short_attention_bench.py [--batch 1]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from model_bench import timed
+
+
+def math_attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v with an fp32 softmax; (..., N, d), (..., M, d), (..., M, d) -> (..., N, d)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
+
+
+class Temporal(nn.Module):
+    def __init__(self, dim, heads, impl):
+        super().__init__()
+        self.heads, self.impl = heads, impl
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.register_buffer("pos", torch.randn(64, dim) * 0.02)
+
+    def forward(self, x, f):
+        n = x.shape[1]
+        if self.impl in ("sdpa", "math"):
+            h = rearrange(x, "(b f) n d -> (b n) f d", f=f)
+            h = self.norm(h) + self.pos[:f].to(h.dtype)
+            q, k, v = (rearrange(t, "r f (h d) -> r h f d", h=self.heads) for t in self.qkv(h).chunk(3, -1))
+            o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else math_attention(q, k, v)
+            return x + rearrange(self.proj(rearrange(o, "r h f d -> r f (h d)")), "(b n) f d -> (b f) n d", n=n)
+        # "inplace-layout": tokens stay (b f) n d; attention over f by einsum
+        h = self.norm(x) + self.pos[:f].to(x.dtype).repeat(x.shape[0] // f, 1)[:, None]
+        q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=f, h=self.heads) for t in self.qkv(h).chunk(3, -1))
+        o = math_attention(q, k, v)
+        return x + self.proj(rearrange(o, "b n h f d -> (b f) n (h d)"))
+
+
+class Cross(nn.Module):
+    def __init__(self, dim, heads, impl):
+        super().__init__()
+        self.heads, self.impl = heads, impl
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, ctx):
+        q = rearrange(self.q(x), "r n (h d) -> r h n d", h=self.heads)
+        k, v = (rearrange(t, "r m (h d) -> r h m d", h=self.heads).expand(x.shape[0], -1, -1, -1)
+                for t in self.kv(ctx).chunk(2, -1))
+        o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else math_attention(q, k, v)
+        return x + self.proj(rearrange(o, "r h n d -> r n (h d)"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=16)
+    args = ap.parse_args()
+    dev, dim, heads, tokens, f = torch.device("cuda"), 1152, 16, 1024, args.frames
+    rows = args.batch * f
+    x = torch.randn(rows, tokens, dim, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    cases = [("temporal", Temporal, impl, lambda m: m(x, f)) for impl in ("sdpa", "math", "inplace-layout")]
+    for name, m_keys in (("audio cross", None), ("context cross", 120)):
+        ctx = torch.randn(rows if m_keys is None else 1, 32 if m_keys is None else m_keys, dim, device=dev,
+                          dtype=torch.bfloat16)
+        cases += [(name, Cross, impl, (lambda c: lambda m: m(x, c))(ctx)) for impl in ("sdpa", "math")]
+    print("| module | attention | mode | fwd ms | fwd+bwd ms |\n|---|---|---|---:|---:|")
+    for name, cls, impl, call in cases:
+        for compiled in (False, True):
+            torch._dynamo.reset()
+            m = cls(dim, heads, impl).to(dev, torch.bfloat16)
+            fn = torch.compile(m) if compiled else m
+            grad = torch.randn_like(x)
+
+            def fwd():
+                with torch.no_grad():
+                    call(fn)
+
+            def step():
+                call(fn).backward(grad)
+
+            t_f, t_s = timed(fwd, dev, repeat=20), timed(step, dev, repeat=20)
+            print(f"| {name} | {impl} | {'compiled' if compiled else 'eager'} | {t_f * 1e3:.3f} | {t_s * 1e3:.3f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ from megactor.data import control as C
 from megactor.data import face as F
 from megactor.data.video_io import read_video
 
-TESTCASES = Path(__file__).resolve().parents[1].parent / "shared" / "testcases"
+from conftest import TESTCASES  # the real clips; tests that need them skip (via its fixture) without them
 CLIPS = sorted((TESTCASES / "driver").glob("*.mp4"))
 SIZE = 256
 
@@ -28,7 +28,7 @@ def analyser():
 
 
 @pytest.fixture(scope="module")
-def source(analyser):
+def source(analyser, testcases):
     """A real portrait's face crop and its landmarks in crop pixels."""
     image = np.ascontiguousarray(cv2.imread(str(TESTCASES / "source" / "12.png"))[..., ::-1])
     face = analyser.detect(image)[0]
@@ -37,7 +37,7 @@ def source(analyser):
 
 
 @pytest.fixture(scope="module")
-def drivers(analyser):
+def drivers(analyser, testcases):
     """{clip name: (frames, landmarks (T, 468, 3))} for 2 s of every real clip."""
     out = {}
     for path in CLIPS:

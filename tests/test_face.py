@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 from megactor.data import face as F
 from megactor.data.video_io import read_video
 
-TESTCASES = Path(__file__).resolve().parents[1].parent / "shared" / "testcases"
+from conftest import TESTCASES  # the real clips; tests that need them skip (via its fixture) without them
 CLIPS = sorted((TESTCASES / "driver").glob("*.mp4"))
 PORTRAITS = sorted((TESTCASES / "source").glob("*.png"))
 
@@ -34,7 +34,7 @@ def analyser():
 
 
 @pytest.fixture(scope="module")
-def tracks(analyser):
+def tracks(analyser, testcases):
     """{clip name: (frames, per-frame faces)} for the first 3 s of every real clip."""
     out = {}
     for path in CLIPS:
@@ -94,7 +94,7 @@ def test_mouth_opening_on_frames_checked_by_eye(tracks, tmp_path):
     assert wide_box[3] - wide_box[1] > 1.5 * (closed_box[3] - closed_box[1])
 
 
-def test_two_clips_side_by_side_give_two_faces(analyser):
+def test_two_clips_side_by_side_give_two_faces(analyser, testcases):
     a = read_video(str(CLIPS[0]), max_seconds=0.3, with_audio=False).frames
     b = read_video(str(CLIPS[1]), max_seconds=0.3, with_audio=False).frames
     n = min(len(a), len(b))
@@ -136,7 +136,7 @@ def test_measures_are_vectorised(tracks):
         assert np.isnan(values[1]).all() and np.isfinite(values[[0, 2]]).all()
 
 
-def test_head_pose_recovers_rotations(analyser):
+def test_head_pose_recovers_rotations(analyser, testcases):
     lm = analyser.detect(read_rgb(PORTRAITS[1]))[0].landmarks.astype(np.float64)
     base = np.array(F.head_pose(lm))
     centre = lm.mean(0)

@@ -13,13 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from megactor.models.attention import short_attention
 from model_bench import timed
-
-
-def math_attention(q, k, v):
-    """softmax(q k^T / sqrt(d)) v with an fp32 softmax; (..., N, d), (..., M, d), (..., M, d) -> (..., N, d)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(q.dtype), v)
 
 
 class Temporal(nn.Module):
@@ -37,12 +32,12 @@ class Temporal(nn.Module):
             h = rearrange(x, "(b f) n d -> (b n) f d", f=f)
             h = self.norm(h) + self.pos[:f].to(h.dtype)
             q, k, v = (rearrange(t, "r f (h d) -> r h f d", h=self.heads) for t in self.qkv(h).chunk(3, -1))
-            o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else math_attention(q, k, v)
+            o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else short_attention(q, k, v)
             return x + rearrange(self.proj(rearrange(o, "r h f d -> r f (h d)")), "(b n) f d -> (b f) n d", n=n)
         # "inplace-layout": tokens stay (b f) n d; attention over f by einsum
         h = self.norm(x) + self.pos[:f].to(x.dtype).repeat(x.shape[0] // f, 1)[:, None]
         q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=f, h=self.heads) for t in self.qkv(h).chunk(3, -1))
-        o = math_attention(q, k, v)
+        o = short_attention(q, k, v)
         return x + self.proj(rearrange(o, "b n h f d -> (b f) n (h d)"))
 
 
@@ -58,7 +53,7 @@ class Cross(nn.Module):
         q = rearrange(self.q(x), "r n (h d) -> r h n d", h=self.heads)
         k, v = (rearrange(t, "r m (h d) -> r h m d", h=self.heads).expand(x.shape[0], -1, -1, -1)
                 for t in self.kv(ctx).chunk(2, -1))
-        o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else math_attention(q, k, v)
+        o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else short_attention(q, k, v)
         return x + self.proj(rearrange(o, "r h n d -> r n (h d)"))
 
 

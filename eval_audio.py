@@ -115,7 +115,11 @@ def main(argv=None) -> int:
     from megactor.data.video_io import write_video
 
     rank, world_size, device, all_reduce = init_distributed(args.device)
-    animator = Animator.from_config(cfg, device=device)
+    try:
+        animator = Animator.from_config(cfg, device=device)
+    except (ConfigError, OSError) as e:  # a checkpoint that is missing, unreadable or trained on another schedule
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     mode = "visual" if args.no_audio else "audio" if args.no_visual else None
     failed = 0
     for (source, driver, audio), out in zip(pairs, outputs):

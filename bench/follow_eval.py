@@ -2,14 +2,20 @@
 
     python bench/follow_eval.py --config configs/inference/tiny/inference.yaml --clips data/synthetic/heldout
 
-For each held-out synthetic clip (written by megactor.data.synthetic, with its per-frame
-ground truth beside it), the clip drives its own first frame, in visual-only and in
-audio-only mode. The mouth opening of each frame is measured from its pixels: the darkness
-(255 - mean luma) of the mouth box, which MediaPipe's face mesh places once, on the source
-crop (frames upscaled 4x; the generated frames share that crop, and at 64 px MediaPipe
-finds no face in most of them). The table gives its Pearson correlation with the
-ground-truth opening and, as the measure's ceiling, the same on the driver's own frames
-cropped the same way.
+Each held-out synthetic clip (written by megactor.data.synthetic, its per-frame ground truth
+beside it) drives its own first frame, in visual-only and in audio-only mode. The mouth
+opening of each generated frame is measured from its pixels alone: the spread (standard
+deviation) of the luma in a box around the mouth. An open mouth shows a dark cavity and
+bright teeth, a closed one only lips, so the spread grows with the opening whatever the
+skin tone (the mean darkness does not: on dark skin the teeth brighten the box).
+
+The box is the source crop's outer-lip box (MediaPipe), stretched down to hold an open
+jaw, placed per frame where the conditioning puts the face: in visual mode moved by the
+similarity that takes the source's alignment points (eye corners, nose) onto the driver's
+in that frame as the control aligns them; in audio mode nothing moves the head, so it
+stays where the source has it. The table gives the Pearson correlation of the measure
+with the true opening and, as the measure's ceiling, the same on the driver's own frames
+aligned as the control aligns them (a perfect visual-mode result).
 """
 from __future__ import annotations
 
@@ -18,39 +24,82 @@ import glob
 import json
 import os
 
-import cv2
 import numpy as np
 
 from megactor.animate import Animator
 from megactor.config import InferenceConfig, load_config
-from megactor.data.control import crop_and_resize, face_crop_box
-from megactor.data.face import mouth_box
+from megactor.data.control import clip_alignment, similarity_transform, transform_points, warp_frames
+from megactor.data.face import landmark_layout, mouth_box
 from megactor.data.video_io import read_video
+from megactor.training.validation import grid_png
+
+MODES = ("visual", "audio")
 
 
-def mouth_region(analyser, crop: np.ndarray, upscale: int = 4) -> tuple[slice, slice]:
-    """Rows and columns of the mouth box in the (S, S, 3) source crop."""
-    big = cv2.resize(crop, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
-    faces = analyser.detect(big)
-    if not faces:
-        raise SystemExit("no face found in the source crop")
-    x0, y0, x1, y1 = mouth_box(faces[0].landmarks) / upscale
-    half = max(y1 - y0, 0.6 * (x1 - x0)) / 2  # room for the mouth to open below a closed one's lips
-    cy = (y0 + y1) / 2
-    rows, cols = np.round([cy - half, cy + half]).astype(int), np.round([x0, x1]).astype(int)
-    return slice(max(rows[0], 0), rows[1] + 1), slice(max(cols[0], 0), cols[1] + 1)
+def mouth_region(landmarks: np.ndarray, up: float = 0.1, down: float = 0.3) -> np.ndarray:
+    """(N, k) landmarks -> (4,) x0, y0, x1, y1: the outer-lip box, grown by `up` and `down` times its width
+    (a mouth opens mostly downwards, with the jaw)."""
+    x0, y0, x1, y1 = mouth_box(landmarks)
+    width = x1 - x0
+    return np.array([x0, y0 - up * width, x1, y1 + down * width])
 
 
-def mouth_darkness(frames: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
-    """(T, S, S, 3) -> (T,): 255 - the mean luma of the mouth box; an open mouth shows its dark inside."""
-    luma = frames[:, region[0], region[1]].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    return 255 - luma.mean(axis=(1, 2))
+def follow_boxes(box: np.ndarray, source_landmarks: np.ndarray, aligned: np.ndarray) -> np.ndarray:
+    """The source's (4,) box moved into each frame: (T, N, 2) aligned driver landmarks -> (T, 4) boxes
+    (NaN where the driver has no face). Corners go through the frame's similarity of the alignment points."""
+    align = landmark_layout(source_landmarks).align
+    corners = box.reshape(2, 2)
+    boxes = np.full((len(aligned), 4), np.nan)
+    for t, points in enumerate(aligned):
+        if np.isfinite(points[align]).all():
+            m = similarity_transform(source_landmarks[align, :2], points[align])
+            boxes[t] = (corners @ m[:, :2].T + m[:, 2]).reshape(-1)
+    return boxes
+
+
+def mouth_spread(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(T, S, S, 3) uint8 frames, (T, 4) boxes -> (T,): the standard deviation of the luma over the pixels
+    each box meets (NaN for a NaN box)."""
+    out = np.full(len(frames), np.nan)
+    for t, (frame, box) in enumerate(zip(frames, boxes)):
+        if np.isfinite(box).all():
+            c0, r0 = np.maximum(np.floor(box[:2]).astype(int), 0)
+            c1, r1 = np.ceil(box[2:]).astype(int)
+            luma = frame[r0:r1, c0:c1].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+            out[t] = luma.std() if luma.size else np.nan
+    return out
 
 
 def correlation(measured: np.ndarray, truth: np.ndarray) -> float:
-    if measured.std() == 0:
+    """Pearson correlation over the frames where both are finite (NaN when the measure is constant)."""
+    n = min(len(measured), len(truth))
+    measured, truth = measured[:n], truth[:n]
+    ok = np.isfinite(measured) & np.isfinite(truth)
+    if ok.sum() < 3 or measured[ok].std() == 0:
         return float("nan")
-    return float(np.corrcoef(measured, truth)[0, 1])
+    return float(np.corrcoef(measured[ok], truth[ok])[0, 1])
+
+
+def evaluate_clip(animator: Animator, path: str, limit: float | None, grid_dir: str | None) -> dict:
+    """One clip driving its own first frame: {"clip", "visual", "audio", "ceiling"} correlations."""
+    cfg = animator.cfg
+    truth = np.asarray(json.load(open(path[:-4] + ".json"))["mouth_opening"], np.float64)
+    clip = read_video(path, with_audio=False, max_seconds=limit)
+    source = clip.frames[0]
+    _, source_landmarks = animator.prepare_source(source)
+    driver_landmarks = animator.track_driver(clip.frames, path)
+    matrix = clip_alignment(driver_landmarks, source_landmarks)
+    aligned = transform_points(driver_landmarks[..., :2], matrix)
+    region = mouth_region(source_landmarks)
+    boxes = {"visual": follow_boxes(region, source_landmarks, aligned), "audio": np.tile(region, (len(aligned), 1))}
+    ideal = warp_frames(clip.frames, matrix, cfg.sample_size)
+    row = {"clip": os.path.basename(path), "ceiling": correlation(mouth_spread(ideal, boxes["visual"]), truth)}
+    for mode in MODES:
+        result = animator.animate(source, path, mode=mode, limit=limit, progress=False)
+        row[mode] = correlation(mouth_spread(result.frames, boxes[mode]), truth)
+        if grid_dir:
+            grid_png(os.path.join(grid_dir, f"{row['clip'][:-4]}_{mode}.png"), result.grid(), rows=6)
+    return row
 
 
 def main():
@@ -58,25 +107,21 @@ def main():
     ap.add_argument("--config", required=True)
     ap.add_argument("--clips", required=True, help="a folder of synthetic clip_*.mp4 with their .json")
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--limit", type=float, default=None, help="seconds of each clip (default: all)")
+    ap.add_argument("--grid", default=None, help="also write source | driver | control | result PNGs here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = load_config(InferenceConfig, args.config, [f"num_inference_steps={args.steps}", *args.overrides])
     animator = Animator.from_config(cfg)
+    paths = sorted(glob.glob(os.path.join(args.clips, "*.mp4")))
+    if not paths:
+        raise SystemExit(f"{args.clips}: no clips (*.mp4)")
+    if args.grid:
+        os.makedirs(args.grid, exist_ok=True)
     rows = []
-    for path in sorted(glob.glob(os.path.join(args.clips, "*.mp4"))):
-        truth = np.asarray(json.load(open(path[:-4] + ".json"))["mouth_opening"], np.float64)
-        clip = read_video(path, with_audio=False)
-        source = clip.frames[0]
-        box = face_crop_box(animator.faces.detect(source)[0].landmarks, source.shape[:2], cfg.crop_margin)
-        driver_crops = np.stack([crop_and_resize(f, box, cfg.sample_size) for f in clip.frames])
-        region = mouth_region(animator.faces, driver_crops[0])
-        row = {"clip": os.path.basename(path), "ceiling": correlation(mouth_darkness(driver_crops, region), truth)}
-        for mode in ("visual", "audio"):
-            frames = animator.animate(source, path, mode=mode, progress=False).frames
-            n = min(len(frames), len(truth))
-            row[mode] = correlation(mouth_darkness(frames[:n], region), truth[:n])
-        rows.append(row)
-        print(row, flush=True)
+    for path in paths:
+        rows.append(evaluate_clip(animator, path, args.limit, args.grid))
+        print(rows[-1], flush=True)
     print(f"\ncorrelation of the measured mouth opening with the true one ({args.steps} steps)")
     print("| clip | visual-only | audio-only | driver's own frames (ceiling) |")
     print("|---|---:|---:|---:|")

@@ -260,6 +260,9 @@ def main(argv=None) -> int:
     except OSError as e:  # no checkpoint (or an unreadable one) at cfg.checkpoint
         print(f"error: {e}\n(override checkpoint= to serve a randomly initialised model)", file=sys.stderr)
         return 2
+    except ConfigError as e:  # noise_scheduler_kwargs other than the checkpoint's
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     demo = build_demo(animator, Limits(args.max_seconds, args.max_image_pixels), output_dir)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
                 allowed_paths=[os.path.abspath(output_dir)], max_file_size=args.max_file_size)

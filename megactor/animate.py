@@ -21,14 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import InferenceConfig
+from .config import ConfigError, InferenceConfig, NoiseSchedulerConfig
 from .data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points
 from .data.face import FaceAnalyser, build_face_analyser
 from .data.video_io import AUDIO_RATE, Clip, MediaError, fit_audio, read_audio, read_video
 from .diffusion.guidance import combine, guidance_branches
 from .diffusion.sampler import sample_video
-from .diffusion.schedulers import sampling_scheduler
-from .models import SigmaDiT, WhisperAudioEncoder, build_codec, from_pretrained, gather_windows, window_indices
+from .diffusion.schedulers import sampling_scheduler, schedule_mismatch
+from .models import (SigmaDiT, WhisperAudioEncoder, build_codec, from_pretrained, gather_windows,
+                     load_noise_schedule, window_indices)
 from .models.audio_encoder import num_features
 from .models.codec import LatentCodec
 
@@ -81,11 +82,13 @@ class Animator:
         if cfg.checkpoint:
             model = from_pretrained(cfg.checkpoint)
             cfg.model = model.config
+            cfg.noise_scheduler_kwargs = checkpoint_schedule(cfg.checkpoint, cfg.noise_scheduler_kwargs)
         else:
             logger.warning("=" * 70 + "\nNo checkpoint in the config: using a RANDOMLY INITIALISED model. "
                            "The output will be noise-like.\n" + "=" * 70)
             torch.manual_seed(cfg.seed)  # the same random model in every process
             model = SigmaDiT(cfg.model)
+            cfg.noise_scheduler_kwargs = cfg.noise_scheduler_kwargs or NoiseSchedulerConfig()
         model = model.to(device, dtype).eval().requires_grad_(False)
         if cfg.compile:
             model.compile_blocks(cudagraphs="reference")  # the denoiser's calls are long enough to hide launches
@@ -121,7 +124,7 @@ class Animator:
         landmarks = transform_points(face.landmarks, crop_matrix(box, size)) if face is not None else None
         return crop_and_resize(image, box, size), landmarks
 
-    def _track_driver(self, frames: np.ndarray, name: str) -> np.ndarray:
+    def track_driver(self, frames: np.ndarray, name: str) -> np.ndarray:
         """(T, H, W, 3) -> (T, 468, 3) landmarks of the driver's largest face; NaN where none was found."""
         tracked = self.faces.track(frames)
         found = [max(fs, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])) if fs else None for fs in tracked]
@@ -156,7 +159,7 @@ class Animator:
 
         with self._timer(timings, "face_analysis"):
             source_crop, source_landmarks = self.prepare_source(source, crop=crop)
-            driver_landmarks = self._track_driver(clip.frames, driver) if use_visual else None
+            driver_landmarks = self.track_driver(clip.frames, driver) if use_visual else None
         if use_visual and source_landmarks is None:
             raise InputError(f"{source}: no face in the source image, so it cannot follow a driver's face; "
                              "use audio-only driving (--no-visual)")
@@ -244,6 +247,24 @@ class Animator:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def checkpoint_schedule(checkpoint: str, asked: Optional[NoiseSchedulerConfig]) -> NoiseSchedulerConfig:
+    """The noise schedule to sample `checkpoint` with: the one it was trained with, unless `asked` differs from it
+    (ConfigError: sampling with another prediction type or beta schedule than training's gives noise)."""
+    trained = load_noise_schedule(checkpoint)
+    if trained is None:
+        logger.warning("%s records no noise schedule (written before noise_scheduler.json was saved): sampling "
+                       "with %s", checkpoint, "the config's noise_scheduler_kwargs" if asked else "the defaults")
+        return asked or NoiseSchedulerConfig()
+    if asked is None:
+        return trained
+    wrong = schedule_mismatch(trained, asked)
+    if wrong:
+        raise ConfigError(f"noise_scheduler_kwargs departs from the schedule {checkpoint} was trained with "
+                          f"({'; '.join(wrong)}): drop noise_scheduler_kwargs from the inference config to use "
+                          "the checkpoint's")
+    return asked
+
+
 def cfg_guidance(cfg: InferenceConfig) -> Dict[str, float]:
     """The four knobs; audio/visual scales default to the single guidance_scale."""
     g = cfg.guidance
@@ -260,4 +281,4 @@ def _to_tensor(images: np.ndarray, device, dtype) -> torch.Tensor:
     return (x.to(dtype) / 127.5 - 1.0)
 
 
-__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance"]
+__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance", "checkpoint_schedule"]

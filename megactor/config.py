@@ -135,6 +135,7 @@ class TrainDataConfig:
     sample_size: int = 64  # pixels, square
     use_audio_ratio: float = 0.5
     use_both_ratio: float = 0.2
+    uncond_ratio: float = 0.0  # neither modality (the reference alone): what guidance's unconditional branch needs
     ref_min_distance: int = 8  # the reference frame is at least this many frames from the clip
     crop_margin: float = 0.6  # face-centred square: box side * (1 + margin)
     num_workers: int = 2
@@ -177,7 +178,9 @@ class InferenceConfig:
     scheduler: str = "ddim"  # "ddim" or "dpmsolver++"
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
-    noise_scheduler_kwargs: NoiseSchedulerConfig = field(default_factory=NoiseSchedulerConfig)
+    # None: the schedule the checkpoint was trained with (its noise_scheduler.json; the defaults for a checkpoint
+    # without one or a random model). Set, it must match the checkpoint's in all but timestep_spacing.
+    noise_scheduler_kwargs: Optional[NoiseSchedulerConfig] = None
     control_mode: Optional[str] = None  # "eyes+mouth" or "eyes"; None picks by the driving mode
     seed: int = 42
     limit: Optional[float] = None  # seconds of driver; None = all of it
@@ -220,6 +223,7 @@ class TrainConfig:
     mixed_precision_dtype: str = "bf16"  # "bf16" or "fp16"; CPU always trains in float32
     noise_scheduler_kwargs: NoiseSchedulerConfig = field(default_factory=NoiseSchedulerConfig)
     noise_offset: float = 0.0
+    face_parts_loss_weight: float = 0.0  # extra loss weight on the eye and mouth patches (0: plain MSE)
     use_ema: bool = True
     ema_decay: float = 0.999
     compile: bool = False
@@ -332,8 +336,10 @@ def validate(cfg: Any, where: str) -> None:
         d = cfg.train_data
         _check_range(where, "train_data.use_audio_ratio", d.use_audio_ratio, 0.0, 1.0)
         _check_range(where, "train_data.use_both_ratio", d.use_both_ratio, 0.0, 1.0)
-        if d.use_audio_ratio + d.use_both_ratio > 1.0 + 1e-9:
-            raise ConfigError(f"{where}: train_data.use_audio_ratio + train_data.use_both_ratio must not exceed 1")
+        _check_range(where, "train_data.uncond_ratio", d.uncond_ratio, 0.0, 1.0)
+        if d.use_audio_ratio + d.use_both_ratio + d.uncond_ratio > 1.0 + 1e-9:
+            raise ConfigError(f"{where}: train_data.use_audio_ratio + train_data.use_both_ratio + "
+                              "train_data.uncond_ratio must not exceed 1")
         if d.video_length < 1 or d.frame_stride < 1:
             raise ConfigError(f"{where}: train_data.video_length and train_data.frame_stride must be >= 1")
         if not cfg.trainable_modules:

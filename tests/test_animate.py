@@ -198,3 +198,29 @@ def test_config_pairs_run_and_a_failing_pair_does_not_stop_the_rest(tmp_path, cl
     assert written == sorted([f"{Path(sources[0]).stem}_{Path(drivers[0]).stem}.mp4",
                               f"{Path(sources[1]).stem}_{Path(drivers[2]).stem}.mp4"])
     assert "1 of 3 pairs failed" in capsys.readouterr().err
+
+
+def test_inference_samples_with_the_schedule_the_checkpoint_was_trained_with(tmp_path, clips, capsys):
+    from conftest import tiny_config
+
+    from megactor.animate import checkpoint_schedule
+    from megactor.config import ConfigError, NoiseSchedulerConfig
+    from megactor.models import SigmaDiT, save_pretrained
+
+    model = SigmaDiT(tiny_config())
+    v = NoiseSchedulerConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    save_pretrained(model, tmp_path / "v", noise_schedule=v)
+    assert checkpoint_schedule(str(tmp_path / "v"), None) == v
+    leading = NoiseSchedulerConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                   timestep_spacing="leading")
+    assert checkpoint_schedule(str(tmp_path / "v"), leading) == leading  # a sampling-only choice
+    with pytest.raises(ConfigError, match="prediction_type: trained 'v_prediction', asked 'epsilon'"):
+        checkpoint_schedule(str(tmp_path / "v"), NoiseSchedulerConfig())
+    save_pretrained(model, tmp_path / "old")  # written before checkpoints recorded their schedule
+    assert checkpoint_schedule(str(tmp_path / "old"), None) == NoiseSchedulerConfig()
+    # the command line: a one-line error before any work
+    code = eval_audio.main(["--config", str(ROOT / "configs/inference/tiny/inference.yaml"), "--source", clips[1][0],
+                            "--driver", clips[0][0], "--output-path", str(tmp_path / "o"), f"checkpoint={tmp_path / 'v'}",
+                            "noise_scheduler_kwargs.prediction_type=epsilon"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained with (prediction_type: trained 'v_prediction'" in err and _no_output(tmp_path)

@@ -38,6 +38,8 @@ def test_wrong_type_names_the_key_and_the_file(tmp_path):
 def test_value_checks(tmp_path):
     with pytest.raises(ConfigError, match="use_audio_ratio"):
         load_config(TrainConfig, None, ["train_data.use_audio_ratio=0.9", "train_data.use_both_ratio=0.2"])
+    with pytest.raises(ConfigError, match="uncond_ratio"):
+        load_config(TrainConfig, None, ["train_data.use_audio_ratio=0.5", "train_data.uncond_ratio=0.4"])
     with pytest.raises(ConfigError, match="model.preset"):
         load_config(TrainConfig, None, ["model.preset=huge"])
     with pytest.raises(ConfigError, match="not found"):

@@ -31,7 +31,7 @@ def shard_dir(testcases, tmp_path_factory) -> str:
 
 def config(shard_dir, **kw) -> TrainDataConfig:
     base = dict(data_dirs=[shard_dir], video_length=4, frame_stride=2, sample_size=64, ref_min_distance=8,
-                use_audio_ratio=0.4, use_both_ratio=0.3)
+                use_audio_ratio=0.4, use_both_ratio=0.3, uncond_ratio=0.1)
     return TrainDataConfig(**{**base, **kw})
 
 
@@ -53,13 +53,14 @@ def test_sample_shapes_and_ranges(shard_dir):
         assert s["audio"].ndim == 1 and s["audio"].dtype == torch.float32 and len(s["audio"]) == 16000
         assert float(s["fps"]) == 30.0 and isinstance(s["key"], str)
         control_on = bool((s["control"] > -1).any())
-        assert control_on == bool(s["use_visual"]), "black control exactly in audio mode"
-        assert bool(s["use_visual"]) or bool(s["use_audio"])
+        assert control_on == bool(s["use_visual"]), "black control exactly in audio and none modes"
         assert (s["control"][0] == s["control"][1]).all()  # grayscale in 3 channels
+        assert s["face_parts"].shape == (4, 64, 64) and set(s["face_parts"].unique().tolist()) == {0.0, 1.0}
 
 
 def test_single_frame_samples(shard_dir):
-    s = take(ClipDataset(config(shard_dir, video_length=1, use_audio_ratio=0.0, use_both_ratio=0.0), seed=3), 1)[0]
+    s = take(ClipDataset(config(shard_dir, video_length=1, use_audio_ratio=0.0, use_both_ratio=0.0, uncond_ratio=0.0),
+                         seed=3), 1)[0]
     assert s["pixel_values"].shape == (3, 1, 64, 64) and s["frame_indices"].shape == (1,)
     assert s["use_visual"] == 1 and s["use_audio"] == 0
 
@@ -68,14 +69,14 @@ def test_modes_follow_the_ratios_and_reference_keeps_its_distance(shard_dir):
     cfg = config(shard_dir)
     valid = np.ones(30, bool)
     valid[[3, 17]] = False
-    counts = {"visual": 0, "audio": 0, "both": 0}
+    counts = {"visual": 0, "audio": 0, "both": 0, "none": 0}
     n = 4000
     for i in range(n):
         indices, ref, mode = plan_sample(valid, cfg, np.random.default_rng([0, 0, i]))
         counts[mode] += 1
         assert valid[indices].all() and valid[ref]
         assert np.abs(indices - ref).min() >= cfg.ref_min_distance
-    for mode, p in {"audio": 0.4, "both": 0.3, "visual": 0.3}.items():
+    for mode, p in {"audio": 0.4, "both": 0.3, "none": 0.1, "visual": 0.2}.items():
         assert abs(counts[mode] / n - p) < 4 * np.sqrt(p * (1 - p) / n), counts
     # too short for the distance: the farthest valid frame
     short = np.ones(12, bool)
@@ -154,7 +155,7 @@ def test_missing_shards_name_the_folder(tmp_path):
 def test_augmentation_changes_only_the_control(shard_dir):
     still = AugmentConfig(affine_prob=0.0, max_rotate=0.0, max_scale=0.0, max_translate=0.0, color_jitter=0.0)
     strong = AugmentConfig(affine_prob=1.0, max_rotate=10.0, max_scale=0.2, max_translate=0.05, color_jitter=0.5)
-    kw = dict(use_audio_ratio=0.0, use_both_ratio=0.0)
+    kw = dict(use_audio_ratio=0.0, use_both_ratio=0.0, uncond_ratio=0.0)
     a = take(ClipDataset(config(shard_dir, augmentation=still, **kw), seed=2), 1)[0]
     b = take(ClipDataset(config(shard_dir, augmentation=strong, **kw), seed=2), 1)[0]
     assert a["key"] == b["key"] and torch.equal(a["pixel_values"], b["pixel_values"])

@@ -11,7 +11,8 @@ from megactor.models import (
     PixelCodec, SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, from_pretrained, gather_windows,
     save_pretrained, window_indices,
 )
-from megactor.models.loading import WEIGHTS_NAME
+from megactor.config import NoiseSchedulerConfig
+from megactor.models.loading import WEIGHTS_NAME, load_noise_schedule
 
 B, F = 2, 4  # batch, frames
 TINY = tiny_config()
@@ -190,6 +191,15 @@ def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(latents, t, control, audio, reference), loaded(latents, t, control, audio, reference))
 
+
+
+def test_the_noise_schedule_travels_with_the_checkpoint(tmp_path):
+    model = SigmaDiT(tiny_config())
+    schedule = NoiseSchedulerConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    save_pretrained(model, tmp_path / "with", noise_schedule=schedule)
+    assert load_noise_schedule(str(tmp_path / "with")) == schedule
+    save_pretrained(model, tmp_path / "without")
+    assert load_noise_schedule(str(tmp_path / "without")) is None
 
 def test_tiny_training_step_is_under_a_second():
     """A stage-2-sized step (2 clips of 8 frames, every branch on) of the tiny preset (0.45 s on 2 cores)."""

@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from megactor.config import ConfigError, TrainConfig, load_config
+from megactor.data.dataset import ClipDataset, collate_clips
+from megactor.models import load_noise_schedule
 from megactor.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,7 @@ def test_three_stages_chain_each_loading_the_last(shards, tmp_path):
             assert torch.equal(trainer.unwrapped.state_dict()[frozen], before[frozen])
         previous = trainer.train()
         assert os.path.isfile(os.path.join(previous, "model.safetensors"))
+        assert load_noise_schedule(previous) == trainer.cfg.noise_scheduler_kwargs  # what inference samples with
         assert trainer.step == steps and trainer.nan_total == 0
     assert (tmp_path / "stage3" / "tensorboard").is_dir()
 
@@ -58,8 +61,6 @@ def test_three_stages_chain_each_loading_the_last(shards, tmp_path):
 def test_steps_change_trainable_parameters_only(shards, tmp_path):
     trainer = Trainer(config(2, shards, tmp_path, "max_train_steps=4", "train_batch_size=2", "lr_warmup_steps=0"))
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
-    from megactor.data.dataset import ClipDataset, collate_clips
-
     dataset = ClipDataset(trainer.cfg.train_data, seed=0, batch_size=2)
     samples = iter(dataset)
     for _ in range(4):  # zero-initialised output layers pass gradient upstream one layer per step
@@ -72,6 +73,18 @@ def test_steps_change_trainable_parameters_only(shards, tmp_path):
             assert not torch.equal(p, before[n]), n
         else:
             assert torch.equal(p, before[n]), n
+
+
+def test_face_parts_weigh_more_in_the_loss(shards, tmp_path):
+    trainer = Trainer(config(1, shards, tmp_path, "face_parts_loss_weight=4"))
+    parts = torch.zeros(2, 1, 64, 64)  # (B, F, S, S)
+    parts[0, :, 20:28, 24:40] = 1  # 4 x 8 latent pixels at factor 2
+    weight = trainer.loss_weight(parts, (32, 32))
+    assert weight.shape == (2, 1, 1, 32, 32)
+    assert (weight[0, 0, 0, 10:14, 12:20] == 5).all() and float(weight[0].sum()) == 32 * 32 + 4 * 32
+    assert (weight[1] == 1).all()
+    inputs = trainer.prepare_inputs(collate_clips([next(iter(ClipDataset(trainer.cfg.train_data, seed=0)))]))
+    assert inputs["loss_weight"].shape == (1, 1, 1, 32, 32) and inputs["loss_weight"].max() == 5
 
 
 def _train(cfg_args, cwd, kill_after_checkpoint=None):

@@ -151,13 +151,19 @@ def control_frames(driver_frames: np.ndarray, driver_landmarks: np.ndarray, sour
     matrix = clip_alignment(driver_landmarks, source_landmarks)
     aligned = transform_points(driver_landmarks[..., :2], matrix)  # (T, N, 2)
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in warp_frames(driver_frames, matrix, out_size)])
-    mask = np.zeros_like(gray, dtype=bool)  # (T, S, S)
-    patches = control_patches(aligned, mode, patch_margin)  # (T, P, 4)
-    for t, frame_patches in enumerate(patches):
+    mask = patch_mask(aligned, out_size, mode, patch_margin)
+    return np.where(mask, gray, 0).astype(np.uint8), aligned
+
+
+def patch_mask(landmarks: np.ndarray, out_size: int, mode: str = "eyes+mouth", patch_margin: float = 0.25) -> np.ndarray:
+    """(T, N, k) landmarks in out_size x out_size pixels -> (T, S, S) bool: the pixels whose area meets a control
+    patch (``control_patches``); none for frames whose landmarks are NaN."""
+    mask = np.zeros((len(landmarks), out_size, out_size), bool)
+    for t, frame_patches in enumerate(control_patches(landmarks, mode, patch_margin)):  # (P, 4)
         for x0, y0, x1, y1 in frame_patches:
             if np.isfinite([x0, y0, x1, y1]).all():
                 # pixels whose area meets the box: [floor(x0), ceil(x1)), clipped to the frame
                 c0, r0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
                 c1, r1 = min(int(np.ceil(x1)), out_size), min(int(np.ceil(y1)), out_size)
                 mask[t, r0:r1, c0:c1] = True
-    return np.where(mask, gray, 0).astype(np.uint8), aligned
+    return mask

@@ -40,9 +40,10 @@ uniformly among those whose frames are all valid), a reference frame of the
 same clip at least ``ref_min_distance`` frames from every sampled frame (else
 the farthest valid frame), one face-centred square crop around the union of
 these frames' face boxes, resized to ``sample_size``; the mode (visual,
-audio, both) drawn with the configured ratios; control frames from
+audio, both, or none: the reference alone, for guidance's unconditional
+branch) drawn with the configured ratios; control frames from
 ``control.control_frames`` (driver = the augmented crops, source = the
-reference crop): eyes+mouth for visual, eyes for both, black for audio.
+reference crop): eyes+mouth for visual, eyes for both, black for audio and none.
 
 Augmentation (one draw per sample, on the driver crops before control
 extraction, against identity leakage through the control): an affine warp
@@ -66,14 +67,15 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from megactor.config import AugmentConfig, TrainDataConfig
-from megactor.data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points, warp_frames
+from megactor.data.control import (control_frames, crop_and_resize, crop_matrix, face_crop_box, patch_mask,
+                                   transform_points, warp_frames)
 from megactor.data.shards import SampleRef, decode_audio, decode_selected_frames, index_shard, list_shards, unpack_array
 from megactor.data.video_io import MediaError, fit_audio
 
 log = logging.getLogger(__name__)
 
-MODES = ("visual", "audio", "both")
-CONTROL_MODE = {"visual": "eyes+mouth", "both": "eyes"}
+MODES = ("visual", "audio", "both", "none")
+CONTROL_MODE = {"visual": "eyes+mouth", "both": "eyes"}  # the others have a black control
 MAX_ATTEMPTS = 16
 
 
@@ -105,8 +107,13 @@ def pick_reference(valid: np.ndarray, frames: np.ndarray, min_distance: int, rng
     return int(candidates[np.argmax(distance)])
 
 
-def draw_mode(u: float, audio_ratio: float, both_ratio: float) -> str:
-    return "audio" if u < audio_ratio else "both" if u < audio_ratio + both_ratio else "visual"
+def draw_mode(u: float, audio_ratio: float, both_ratio: float, uncond_ratio: float = 0.0) -> str:
+    """A uniform draw ``u`` in [0, 1) -> the sample's mode; "visual" takes what the ratios leave."""
+    for mode, bound in (("audio", audio_ratio), ("both", audio_ratio + both_ratio),
+                        ("none", audio_ratio + both_ratio + uncond_ratio)):
+        if u < bound:
+            return mode
+    return "visual"
 
 
 def plan_sample(valid: np.ndarray, cfg: TrainDataConfig, rng: np.random.Generator) -> tuple[np.ndarray, int, str]:
@@ -119,7 +126,7 @@ def plan_sample(valid: np.ndarray, cfg: TrainDataConfig, rng: np.random.Generato
         raise CorruptSample(f"no {cfg.video_length} valid frames at stride {cfg.frame_stride} in {len(valid)}")
     indices = int(rng.choice(starts)) + np.arange(cfg.video_length) * cfg.frame_stride  # (L,)
     ref_index = pick_reference(valid, indices, cfg.ref_min_distance, rng)
-    return indices, ref_index, draw_mode(rng.random(), cfg.use_audio_ratio, cfg.use_both_ratio)
+    return indices, ref_index, draw_mode(rng.random(), cfg.use_audio_ratio, cfg.use_both_ratio, cfg.uncond_ratio)
 
 
 def augment(frames: np.ndarray, landmarks: np.ndarray, cfg: AugmentConfig,
@@ -159,8 +166,9 @@ class ClipDataset(IterableDataset):
     """Endless stream of training samples from the shards under ``cfg.data_dirs`` (see the module docstring).
 
     Each sample is a dict: "pixel_values" (3, L, S, S), "reference" (3, S, S), "control" (3, L, S, S),
-    all float32 in [-1, 1]; "use_visual", "use_audio" float32 0/1; "audio" (A,) float32 16 kHz mono,
-    the clip's whole track; "frame_indices" (L,) int64; "fps" float32; "key" str.
+    all float32 in [-1, 1]; "face_parts" (L, S, S) float32 1 on the eye and mouth patches of the clip's
+    own frames, 0 elsewhere (whatever the mode); "use_visual", "use_audio" float32 0/1; "audio" (A,)
+    float32 16 kHz mono, the clip's whole track; "frame_indices" (L,) int64; "fps" float32; "key" str.
     """
 
     def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0, world_size: int = 1,
@@ -260,8 +268,9 @@ class ClipDataset(IterableDataset):
         clip = np.stack([crop_and_resize(frames[i], box, size) for i in indices])  # (L, S, S, 3)
         reference = crop_and_resize(frames[ref_index], box, size)  # (S, S, 3)
         to_crop = crop_matrix(box, size)
-        driver, driver_landmarks = augment(clip, transform_points(landmarks, to_crop), cfg.augmentation, rng)
-        if mode == "audio":
+        clip_landmarks = transform_points(landmarks, to_crop)  # (L, N, 2) in crop pixels
+        driver, driver_landmarks = augment(clip, clip_landmarks, cfg.augmentation, rng)
+        if mode not in CONTROL_MODE:
             control = np.zeros(clip.shape[:3], np.uint8)
         else:
             control, _ = control_frames(driver, driver_landmarks, transform_points(ref_landmarks, to_crop), size,
@@ -270,8 +279,9 @@ class ClipDataset(IterableDataset):
             "pixel_values": to_tensor(clip),  # (3, L, S, S)
             "reference": to_tensor(reference),  # (3, S, S)
             "control": to_tensor(np.repeat(control[..., None], 3, -1)),  # (3, L, S, S)
-            "use_visual": torch.tensor(float(mode != "audio")),
-            "use_audio": torch.tensor(float(mode != "visual")),
+            "face_parts": torch.from_numpy(patch_mask(clip_landmarks, size)).float(),  # (L, S, S) eyes and mouth
+            "use_visual": torch.tensor(float(mode in ("visual", "both"))),
+            "use_audio": torch.tensor(float(mode in ("audio", "both"))),
             "audio": torch.from_numpy(audio),
             "frame_indices": torch.from_numpy(indices.astype(np.int64)),
             "fps": torch.tensor(fps, dtype=torch.float32),

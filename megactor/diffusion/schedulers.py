@@ -1,12 +1,16 @@
 """Noise schedulers from diffusers, built from one `NoiseSchedulerConfig`."""
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import List
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from ..config import NoiseSchedulerConfig
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
+SAMPLING_ONLY = ("timestep_spacing",)  # free to differ between training and sampling
 
 
 def _kwargs(cfg: NoiseSchedulerConfig) -> dict:
@@ -39,3 +43,11 @@ def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torc
     if scheduler.config.prediction_type == "epsilon":
         return noise
     return scheduler.get_velocity(latents, noise, timesteps)
+
+
+def schedule_mismatch(trained: NoiseSchedulerConfig, asked: NoiseSchedulerConfig) -> List[str]:
+    """The fields (all but the sampling-only ones) on which a sampling schedule departs from the one a model was
+    trained with, as "name: trained X, asked Y"; sampling with any of them different gives noise."""
+    return [f"{f.name}: trained {getattr(trained, f.name)!r}, asked {getattr(asked, f.name)!r}"
+            for f in fields(NoiseSchedulerConfig)
+            if f.name not in SAMPLING_ONLY and getattr(trained, f.name) != getattr(asked, f.name)]

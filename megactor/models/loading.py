@@ -5,7 +5,9 @@
 - `load_pixart_weights(model, path)`: a diffusers `PixArtTransformer2DModel`
   (local folder or hub id) mapped into SigmaDiT's layout.
 - `save_pretrained` / `from_pretrained`: a folder with `config.json` (the
-  ModelConfig) and `model.safetensors`.
+  ModelConfig) and `model.safetensors`, and `noise_scheduler.json` (the noise
+  schedule and prediction type it was trained with) when the trainer wrote it;
+  `load_noise_schedule` reads that back.
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from ..config import ModelConfig, config_from_dict
+from ..config import ModelConfig, NoiseSchedulerConfig, config_from_dict
 from ..fileio import atomic_folder
 from .sigma_dit import SigmaDiT
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SCHEDULE_NAME = "noise_scheduler.json"
 
 # diffusers PixArt block key -> SigmaBlock key (q/k/v are fused separately, below)
 _BLOCK_KEYS = {
@@ -108,13 +111,21 @@ def build_sigma_dit(cfg: ModelConfig, load_pretrained: bool = True) -> SigmaDiT:
     return model
 
 
-def save_pretrained(model: SigmaDiT, folder: str, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
-    """Write config.json + model.safetensors into `folder`, atomically (a half-written folder never appears)."""
+def save_pretrained(model: SigmaDiT, folder: str, state_dict: Optional[Dict[str, torch.Tensor]] = None,
+                    noise_schedule: Optional[NoiseSchedulerConfig] = None) -> None:
+    """Write config.json + model.safetensors (+ noise_scheduler.json, the schedule the weights were trained
+    with, when given) into `folder`, atomically (a half-written folder never appears)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     with atomic_folder(folder) as tmp:
         save_file(tensors, os.path.join(tmp, WEIGHTS_NAME))
-        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
-            json.dump(OmegaConf.to_container(OmegaConf.structured(model.config)), f, indent=2)
+        _write_json(os.path.join(tmp, CONFIG_NAME), model.config)
+        if noise_schedule is not None:
+            _write_json(os.path.join(tmp, SCHEDULE_NAME), noise_schedule)
+
+
+def _write_json(path: str, cfg) -> None:
+    with open(path, "w") as f:
+        json.dump(OmegaConf.to_container(OmegaConf.structured(cfg)), f, indent=2)
 
 
 def load_model_config(folder: str) -> ModelConfig:
@@ -123,6 +134,15 @@ def load_model_config(folder: str) -> ModelConfig:
         raise FileNotFoundError(f"{folder}: not a SigmaDiT checkpoint folder (no {CONFIG_NAME})")
     with open(path) as f:
         return config_from_dict(ModelConfig, json.load(f), where=path)
+
+
+def load_noise_schedule(folder: str) -> Optional[NoiseSchedulerConfig]:
+    """The noise schedule a checkpoint folder was trained with; None if it records none."""
+    path = os.path.join(folder, SCHEDULE_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return config_from_dict(NoiseSchedulerConfig, json.load(f), where=path)
 
 
 def from_pretrained(folder: str, map_location: str | torch.device = "cpu", **overrides) -> SigmaDiT:

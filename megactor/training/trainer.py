@@ -2,8 +2,9 @@
 
 Per optimizer step: `gradient_accumulation_steps` batches -> latents, control
 latents, reference latent and Whisper windows (frozen encoders, no grad) ->
-noise at uniform timesteps -> SigmaDiT -> MSE to the noise (or v) -> AdamW,
-LR schedule, EMA. Checkpoints hold what an exact resume needs (checkpoint.py).
+noise at uniform timesteps -> SigmaDiT -> MSE to the noise (or v), weighted up
+on the eye and mouth patches by face_parts_loss_weight -> AdamW, LR schedule,
+EMA. Checkpoints hold what an exact resume needs (checkpoint.py).
 """
 from __future__ import annotations
 
@@ -26,16 +27,16 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..data.dataset import ClipDataset, collate_clips
-from ..diffusion.schedulers import training_scheduler, training_target
+from ..diffusion.schedulers import schedule_mismatch, training_scheduler, training_target
 from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, save_pretrained, set_attention_backend
 from ..models.audio_encoder import gather_windows, num_features, window_indices
-from ..models.loading import WEIGHTS_NAME
+from ..models.loading import WEIGHTS_NAME, load_noise_schedule
 from . import checkpoint as ckpt
 from .stages import select_trainable, uses_audio, uses_temporal
 
 logger = logging.getLogger(__name__)
 
-MODE_NAMES = {(1, 0): "visual", (0, 1): "audio", (1, 1): "both"}
+MODE_NAMES = {(1, 0): "visual", (0, 1): "audio", (1, 1): "both", (0, 0): "none"}
 
 
 def check_paths(cfg: TrainConfig, where: str) -> None:
@@ -113,6 +114,11 @@ class Trainer:
         if not cfg.init_checkpoint:
             return build_sigma_dit(cfg.model)  # from PixArt when model.transformer_path is set, else random
         model = build_sigma_dit(cfg.model, load_pretrained=False)
+        trained = load_noise_schedule(cfg.init_checkpoint)
+        changed = schedule_mismatch(trained, cfg.noise_scheduler_kwargs) if trained is not None else []
+        if changed:
+            logger.warning("%s: init_checkpoint %s was trained with another noise schedule (%s): this stage "
+                           "retrains it to its own", where, cfg.init_checkpoint, "; ".join(changed))
         weights = load_file(os.path.join(cfg.init_checkpoint, WEIGHTS_NAME))
         try:
             model.load_state_dict(weights)
@@ -149,6 +155,8 @@ class Trainer:
             "reference": self.codec.encode(batch["reference"].to(dev, self.codec_dtype)).float(),
             "visual_amplitude": use_visual, "audio_amplitude": use_audio, "noise_seed": batch["noise_seed"],
         }
+        if self.cfg.face_parts_loss_weight:
+            inputs["loss_weight"] = self.loss_weight(batch["face_parts"].to(dev), inputs["latents"].shape[-2:])
         if self.audio_encoder is not None:
             lengths = batch["audio_lengths"].tolist()
             waves = [a[:n].numpy() for a, n in zip(batch["audio"], lengths)]
@@ -158,6 +166,13 @@ class Trainer:
                                  self.cfg.model.audio_window)
             inputs["audio"] = gather_windows(features, idx)  # (B, F, W, L+1, d)
         return inputs
+
+    def loss_weight(self, face_parts: torch.Tensor, latent_hw) -> torch.Tensor:
+        """(B, F, S, S) eye and mouth masks -> (B, 1, F, h, w) per-latent loss weights, 1 + w * (share of the latent
+        pixel's area on a face part)."""
+        b, f = face_parts.shape[:2]
+        share = F.interpolate(face_parts.flatten(0, 1)[:, None], size=tuple(latent_hw), mode="area")
+        return 1 + self.cfg.face_parts_loss_weight * share.view(b, f, 1, *latent_hw).transpose(1, 2)
 
     @property
     def codec_dtype(self) -> torch.dtype:
@@ -191,7 +206,12 @@ class Trainer:
             prediction = self.model(noisy, timesteps, control=control, audio=audio,
                                     reference=reference, audio_amplitude=inputs["audio_amplitude"],
                                     visual_amplitude=inputs["visual_amplitude"], temporal=uses_temporal(self.cfg.stage))
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+        squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        weight = inputs.get("loss_weight")
+        if weight is None:
+            per_sample = squared.mean(dim=(1, 2, 3, 4))
+        else:  # a weighted mean: the loss keeps its scale
+            per_sample = (squared * weight).mean(dim=(1, 2, 3, 4)) / weight.mean(dim=(1, 2, 3, 4))
         return per_sample.mean(), per_sample
 
     def _all_finite(self, value: torch.Tensor) -> bool:
@@ -347,14 +367,15 @@ class Trainer:
         logger.info("resumed from %s at step %d", folder, self.step)
 
     def export(self, folder: str) -> str:
-        """Save the full model (EMA weights where kept) with save_pretrained: the next stage's init_checkpoint."""
+        """Save the full model (EMA weights where kept) and its noise schedule with save_pretrained: the next stage's
+        init_checkpoint, and what inference samples with."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = self.unwrapped.state_dict()
             if self.ema is not None:
                 state.update(self._named_trainable(self.ema.shadow_params))
-            save_pretrained(self.unwrapped, folder, state_dict=state)
+            save_pretrained(self.unwrapped, folder, state_dict=state, noise_schedule=self.cfg.noise_scheduler_kwargs)
         acc.wait_for_everyone()
         return folder
 

@@ -166,7 +166,7 @@ class ClipDataset(IterableDataset):
     """Endless stream of training samples from the shards under ``cfg.data_dirs`` (see the module docstring).
 
     Each sample is a dict: "pixel_values" (3, L, S, S), "reference" (3, S, S), "control" (3, L, S, S),
-    all float32 in [-1, 1]; "face_parts" (L, S, S) float32 1 on the eye and mouth patches of the clip's
+    all float32 in [-1, 1]; "face_parts" (L, S, S) uint8 1 on the eye and mouth patches of the clip's
     own frames, 0 elsewhere (whatever the mode); "use_visual", "use_audio" float32 0/1; "audio" (A,)
     float32 16 kHz mono, the clip's whole track; "frame_indices" (L,) int64; "fps" float32; "key" str.
     """
@@ -279,7 +279,7 @@ class ClipDataset(IterableDataset):
             "pixel_values": to_tensor(clip),  # (3, L, S, S)
             "reference": to_tensor(reference),  # (3, S, S)
             "control": to_tensor(np.repeat(control[..., None], 3, -1)),  # (3, L, S, S)
-            "face_parts": torch.from_numpy(patch_mask(clip_landmarks, size)).float(),  # (L, S, S) eyes and mouth
+            "face_parts": torch.from_numpy(patch_mask(clip_landmarks, size).astype(np.uint8)),  # (L, S, S) eyes, mouth
             "use_visual": torch.tensor(float(mode in ("visual", "both"))),
             "use_audio": torch.tensor(float(mode in ("audio", "both"))),
             "audio": torch.from_numpy(audio),

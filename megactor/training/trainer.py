@@ -156,7 +156,8 @@ class Trainer:
             "visual_amplitude": use_visual, "audio_amplitude": use_audio, "noise_seed": batch["noise_seed"],
         }
         if self.cfg.face_parts_loss_weight:
-            inputs["loss_weight"] = self.loss_weight(batch["face_parts"].to(dev), inputs["latents"].shape[-2:])
+            inputs["loss_weight"] = self.loss_weight(batch["face_parts"].to(dev, torch.float32),
+                                                     inputs["latents"].shape[-2:])
         if self.audio_encoder is not None:
             lengths = batch["audio_lengths"].tolist()
             waves = [a[:n].numpy() for a, n in zip(batch["audio"], lengths)]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from megactor.models.attention import short_attention
+from megactor.models.blocks import TemporalAttention
 from model_bench import timed
 
 
@@ -27,18 +28,21 @@ class Temporal(nn.Module):
         self.register_buffer("pos", torch.randn(64, dim) * 0.02)
 
     def forward(self, x, f):
+        """The temporal layer on (B*N, F, D) copies of the tokens, as it was before FrameAttention."""
         n = x.shape[1]
-        if self.impl in ("sdpa", "math"):
-            h = rearrange(x, "(b f) n d -> (b n) f d", f=f)
-            h = self.norm(h) + self.pos[:f].to(h.dtype)
-            q, k, v = (rearrange(t, "r f (h d) -> r h f d", h=self.heads) for t in self.qkv(h).chunk(3, -1))
-            o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else short_attention(q, k, v)
-            return x + rearrange(self.proj(rearrange(o, "r h f d -> r f (h d)")), "(b n) f d -> (b f) n d", n=n)
-        # "inplace-layout": tokens stay (b f) n d; attention over f by einsum
-        h = self.norm(x) + self.pos[:f].to(x.dtype).repeat(x.shape[0] // f, 1)[:, None]
-        q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=f, h=self.heads) for t in self.qkv(h).chunk(3, -1))
-        o = short_attention(q, k, v)
-        return x + self.proj(rearrange(o, "b n h f d -> (b f) n (h d)"))
+        h = rearrange(x, "(b f) n d -> (b n) f d", f=f)
+        h = self.norm(h) + self.pos[:f].to(h.dtype)
+        q, k, v = (rearrange(t, "r f (h d) -> r h f d", h=self.heads) for t in self.qkv(h).chunk(3, -1))
+        o = F.scaled_dot_product_attention(q, k, v) if self.impl == "sdpa" else short_attention(q, k, v)
+        return x + rearrange(self.proj(rearrange(o, "r h f d -> r f (h d)")), "(b n) f d -> (b f) n d", n=n)
+
+
+def model_temporal(dim, heads, impl):
+    """The model's own layer (blocks.TemporalAttention: FrameAttention on the token layout), output projection
+    randomised out of its zero init."""
+    m = TemporalAttention(dim, heads, max_frames=64)
+    nn.init.normal_(m.attn.proj.weight, std=0.02)
+    return m
 
 
 class Cross(nn.Module):
@@ -65,7 +69,8 @@ def main():
     dev, dim, heads, tokens, f = torch.device("cuda"), 1152, 16, 1024, args.frames
     rows = args.batch * f
     x = torch.randn(rows, tokens, dim, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    cases = [("temporal", Temporal, impl, lambda m: m(x, f)) for impl in ("sdpa", "math", "inplace-layout")]
+    cases = [("temporal", Temporal, impl, lambda m: m(x, f)) for impl in ("sdpa", "math")]
+    cases.append(("temporal", model_temporal, "model (token layout)", lambda m: m(x, f)))
     for name, m_keys in (("audio cross", None), ("context cross", 120)):
         ctx = torch.randn(rows if m_keys is None else 1, 32 if m_keys is None else m_keys, dim, device=dev,
                           dtype=torch.bfloat16)

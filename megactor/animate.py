@@ -170,7 +170,7 @@ class Animator:
                 control_mode = cfg.control_mode or ("eyes" if use_audio else "eyes+mouth")
                 control, _ = control_frames(clip.frames, driver_landmarks, source_landmarks, cfg.sample_size,
                                             mode=control_mode)
-                control_latents = self._encode_video(np.repeat(control[..., None], 3, axis=-1))
+                control_latents = self._encode_control(np.repeat(control[..., None], 3, axis=-1))
 
         audio_windows = None
         if use_audio:
@@ -231,10 +231,10 @@ class Animator:
             what = f"{driver} has no audio track" if driver else "no audio was given"
             raise InputError(f"{mode} driving needs audio, but {what} (give --audio, or use --no-audio)")
 
-    def _encode_video(self, frames: np.ndarray) -> torch.Tensor:
-        """(T, S, S, 3) uint8 -> (1, C, T, h, w) latents."""
+    def _encode_control(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, S, S, 3) uint8 control frames -> (1, C, T, h, w) control latents."""
         video = _to_tensor(frames, self.device, self.dtype).permute(1, 0, 2, 3)[None]
-        return self.codec.encode_video(video)
+        return self.codec.encode_control(video)
 
     @contextmanager
     def _timer(self, timings: Dict[str, float], name: str):

@@ -298,3 +298,17 @@ def test_vae_codec_loads_a_folder_and_applies_its_scaling(tmp_path):
     raw = vae.encode(images).latent_dist.mode()
     assert torch.allclose(latents, raw * 0.5, atol=1e-6)
     assert codec.decode(latents).shape == (2, 3, 32, 32)
+    control = -torch.ones(1, 3, 2, 32, 32)
+    control[:, :, 1, 8:16, 8:24] = 0.5  # one face part in the second frame
+    latents = codec.encode_control(control)
+    assert latents[:, :, 0].abs().max() < 1e-5  # an empty control frame is zero
+    assert latents[:, :, 1].abs().amax(dim=(0, 1))[4:8, 4:12].min() > 1e-3
+
+
+def test_control_latents_are_zero_where_the_control_is_empty():
+    codec = PixelCodec(2)
+    control = -torch.ones(2, 3, 3, 16, 16)  # black: nothing to follow
+    control[0, :, 1, 4:8, 4:8] = torch.linspace(-1, 1, 16).view(4, 4)
+    latents = codec.encode_control(control)
+    assert torch.equal(latents, codec.encode_video(control + 1))
+    assert latents[1].abs().max() == 0 and latents[0, :, [0, 2]].abs().max() == 0

@@ -31,6 +31,15 @@ class LatentCodec(nn.Module):
         latents = torch.cat([self.encode(x) for x in frames.split(chunk)])
         return rearrange(latents, "(b f) c h w -> b c f h w", b=b)
 
+    def encode_control(self, video: torch.Tensor) -> torch.Tensor:
+        """Control frames (B, 3, F, H, W) -> (B, C, F, h, w) latents relative to an empty (black) control frame.
+
+        Zero wherever the frame has nothing to follow, so the model's control input carries only the face
+        parts, an undriven sample's control is zero, and an amplitude scales the parts alone.
+        """
+        blank = self.encode(torch.full_like(video[:1, :, 0], -1.0))  # (1, C, h, w)
+        return self.encode_video(video) - blank[:, :, None]
+
     def decode_video(self, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
         """(B, C, F, h, w) -> (B, 3, F, H, W), `chunk` frames at a time."""
         b = latents.shape[0]

@@ -151,7 +151,7 @@ class Trainer:
         use_audio = batch["use_audio"].to(dev)
         inputs = {
             "latents": self.codec.encode_video(batch["pixel_values"].to(dev, self.codec_dtype)).float(),
-            "control": self.codec.encode_video(batch["control"].to(dev, self.codec_dtype)).float(),
+            "control": self.codec.encode_control(batch["control"].to(dev, self.codec_dtype)).float(),
             "reference": self.codec.encode(batch["reference"].to(dev, self.codec_dtype)).float(),
             "visual_amplitude": use_visual, "audio_amplitude": use_audio, "noise_seed": batch["noise_seed"],
         }

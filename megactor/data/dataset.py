@@ -42,14 +42,20 @@ the farthest valid frame), one face-centred square crop around the union of
 these frames' face boxes, resized to ``sample_size``; the mode (visual,
 audio, both, or none: the reference alone, for guidance's unconditional
 branch) drawn with the configured ratios; control frames from
-``control.control_frames`` (driver = the augmented crops, source = the
-reference crop): eyes+mouth for visual, eyes for both, black for audio and none.
+``control.control_frames``: eyes+mouth for visual, eyes for both, black for
+audio and none. The driver is the augmented crops; the pose it is aligned onto
+is the clip's own (the per-point median of the sampled frames' landmarks), so
+that every part in the control lies where the target frame has it. (Aligned
+onto the reference instead, as inference aligns a driver onto its source, the
+control would sit off the target by the head's motion between the reference
+and the target frames: in a one-frame sample, by all of it. The model then
+cannot tell where the parts go, and learns to ignore the control.)
 
 Augmentation (one draw per sample, on the driver crops before control
 extraction, against identity leakage through the control): an affine warp
 with rotation, independent x/y scales and translation, and brightness and
-contrast jitter. The control is aligned to the reference by a similarity, which
-absorbs rotation, uniform scale and translation, so what reaches the control is
+contrast jitter. The alignment is a similarity, which absorbs rotation,
+uniform scale and translation, so what reaches the control is
 the change of aspect (x vs y scale) of eyes and mouth and of their contrast;
 colour and saturation do not survive the grayscale control and are not drawn.
 """
@@ -257,7 +263,6 @@ class ClipDataset(IterableDataset):
         try:
             all_landmarks = unpack_array(faces["landmarks"])  # (T, N, 2)
             landmarks = all_landmarks[indices]  # (L, N, 2)
-            ref_landmarks = all_landmarks[ref_index]  # (N, 2)
             boxes = np.array([faces["boxes"][i] for i in [*indices, ref_index]], np.float64)  # (L + 1, 4)
         except (IndexError, TypeError, ValueError) as e:
             raise CorruptSample(f"{name}: bad face records ({e})") from None
@@ -272,8 +277,8 @@ class ClipDataset(IterableDataset):
         driver, driver_landmarks = augment(clip, clip_landmarks, cfg.augmentation, rng)
         if mode not in CONTROL_MODE:
             control = np.zeros(clip.shape[:3], np.uint8)
-        else:
-            control, _ = control_frames(driver, driver_landmarks, transform_points(ref_landmarks, to_crop), size,
+        else:  # aligned onto the clip's own median pose: each part lands where the target frame has it
+            control, _ = control_frames(driver, driver_landmarks, np.median(clip_landmarks, axis=0), size,
                                         CONTROL_MODE[mode])  # (L, S, S)
         return {
             "pixel_values": to_tensor(clip),  # (3, L, S, S)

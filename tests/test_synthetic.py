@@ -92,9 +92,11 @@ def test_dataset_files(tmp_path):
         clip = read_video(str(path))
         assert clip.num_frames == 38 and clip.audio is not None and np.abs(clip.audio).max() > 0.05
     assert not list(tmp_path.glob(".tmp-*"))
-    again = S.generate_dataset(str(tmp_path / "more"), clips=3, seconds=1.5, size=96, fps=FPS, seed=5)
+    again = S.generate_dataset(str(tmp_path / "more"), clips=3, seconds=1.5, size=96, fps=FPS, seed=5, workers=2)
+    assert [p.name for p in again] == ["clip_0000.mp4", "clip_0001.mp4", "clip_0002.mp4"]
     sidecar = lambda p: json.loads(p.with_suffix(".json").read_text())
-    assert sidecar(again[1]) == sidecar(paths[1])  # clip i depends on (seed, i) only
+    assert sidecar(again[1]) == sidecar(paths[1])  # clip i depends on (seed, i) only, whatever the workers
+    np.testing.assert_array_equal(read_video(str(again[1])).frames, read_video(str(paths[1])).frames)
 
 
 def test_cli(tmp_path):

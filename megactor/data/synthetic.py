@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -365,22 +366,34 @@ def _write_json(path: Path, data: dict) -> None:
         raise
 
 
-def generate_dataset(out: str, clips: int, seconds: float = 4.0, size: int = 128, fps: float = 25.0,
-                     seed: int = 0) -> list[Path]:
-    """Write ``clips`` clips as ``clip_XXXX.mp4`` (H.264 + AAC) with ``clip_XXXX.json`` truth into ``out``.
+def write_clip(out_dir: Path, index: int, clip_seed: np.random.SeedSequence, seconds: float, size: int, fps: float,
+               seed: int) -> Path:
+    """Generate clip ``index`` and write it as ``clip_XXXX.mp4`` (H.264 + AAC) with its ``clip_XXXX.json`` truth."""
+    frames, audio, truth = generate_clip(np.random.default_rng(clip_seed), seconds, size, fps)
+    video = out_dir / f"clip_{index:04d}.mp4"
+    write_video(str(video), frames, fps, audio, sample_rate=AUDIO_RATE)
+    _write_json(video.with_suffix(".json"), {**truth, "seed": seed, "index": index, "seconds": seconds})
+    return video
 
-    Clip i depends only on (seed, i), so a larger dataset extends a smaller one.
+
+def generate_dataset(out: str, clips: int, seconds: float = 4.0, size: int = 128, fps: float = 25.0,
+                     seed: int = 0, workers: int = 1) -> list[Path]:
+    """Write ``clips`` clips into ``out`` (``write_clip``), over ``workers`` processes.
+
+    Clip i depends only on (seed, i), so a larger dataset extends a smaller one, whatever the workers.
     """
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, clip_seed in enumerate(tqdm(np.random.SeedSequence(seed).spawn(clips), desc="synthetic clips", unit="clip")):
-        frames, audio, truth = generate_clip(np.random.default_rng(clip_seed), seconds, size, fps)
-        video = out_dir / f"clip_{i:04d}.mp4"
-        write_video(str(video), frames, fps, audio, sample_rate=AUDIO_RATE)
-        _write_json(video.with_suffix(".json"), {**truth, "seed": seed, "index": i, "seconds": seconds})
-        paths.append(video)
-    return paths
+    jobs = [(out_dir, i, s, seconds, size, fps, seed) for i, s in enumerate(np.random.SeedSequence(seed).spawn(clips))]
+    progress = dict(total=clips, desc="synthetic clips", unit="clip")
+    if workers <= 1:
+        return [write_clip(*job) for job in tqdm(jobs, **progress)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return list(tqdm(pool.imap(_write_clip_job, jobs), **progress))
+
+
+def _write_clip_job(job: tuple) -> Path:
+    return write_clip(*job)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,11 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels")
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing clips in parallel")
     args = parser.parse_args(argv)
     if args.clips < 1 or args.seconds <= 0 or args.size < 32 or args.fps <= 0:
         parser.error(f"need --clips >= 1, --seconds > 0, --size >= 32, --fps > 0; got {args.clips}, "
                      f"{args.seconds}, {args.size}, {args.fps}")
-    generate_dataset(args.out, args.clips, args.seconds, args.size, args.fps, args.seed)
+    generate_dataset(args.out, args.clips, args.seconds, args.size, args.fps, args.seed, args.workers)
     return 0
 
 

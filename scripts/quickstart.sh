@@ -7,10 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GLOG_minloglevel=2  # MediaPipe's C++ logging
-python -m megactor.data.synthetic --out data/synthetic/clips --clips 192 --seconds 2 --size 96 --seed 0
+python -m megactor.data.synthetic --out data/synthetic/clips --clips 192 --seconds 2 --size 96 --seed 0 --workers 2
 python data_processing/curate.py --input-dir data/synthetic/clips --output-dir data/synthetic/curated \
     --workers 2 min_face_size=24
-python -m megactor.data.synthetic --out data/synthetic/heldout --clips 8 --seconds 4 --size 96 --seed 1000
+python -m megactor.data.synthetic --out data/synthetic/heldout --clips 8 --seconds 4 --size 96 --seed 1000 --workers 2
 for stage in 1 2 3; do
     python train.py --config "configs/train/tiny/train_stage$stage.yaml" "$@"
 done

@@ -1,13 +1,11 @@
 """The inference pipeline and eval_audio.py, with the tiny preset on the real clips."""
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from megactor.animate import Animator, InputError
+from megactor.animate import Animator
 from megactor.config import InferenceConfig, load_config
 from megactor.data.video_io import probe, read_video, write_video
 

@@ -4,8 +4,9 @@ A PixArt-α transformer over video latents with three conditions:
 - the reference image: `ReferenceNet`, a copy of the backbone run once at t=0,
   whose per-block self-attention keys/values every frame's self-attention also
   attends to (computed once per sample, reused at every denoising step);
-- visual face motion: control latents concatenated channel-wise with the noisy
-  latents (patch embedding 2C inputs; the control half zero-initialised);
+- visual face motion: control latents (zero where the control frame is empty)
+  concatenated channel-wise with the noisy latents (patch embedding 2C inputs;
+  the control half zero-initialised);
 - audio: Whisper feature windows -> `AudioProjection` -> 32 tokens per frame,
   attended to by each block's audio cross-attention (see blocks.SigmaBlock);
 plus temporal attention across frames in each block.
@@ -195,7 +196,7 @@ class SigmaDiT(nn.Module):
         self,
         latents: torch.Tensor,  # (B, C, F, h, w) noisy latents
         timestep: torch.Tensor,  # (B,) or scalar
-        control: Optional[torch.Tensor] = None,  # (B, C, F, h, w) control-frame latents
+        control: Optional[torch.Tensor] = None,  # (B, C, F, h, w) codec.encode_control latents (0: none)
         audio: Optional[torch.Tensor] = None,  # (B, F, W, L, d) Whisper feature windows
         reference: Optional[torch.Tensor] = None,  # (B, C, h, w) reference latent ...
         reference_kv: Optional[List[KV]] = None,  # ... or its keys/values from encode_reference

@@ -59,10 +59,13 @@ def test_sample_shapes_and_ranges(shard_dir):
 
 
 def test_single_frame_samples(shard_dir):
-    s = take(ClipDataset(config(shard_dir, video_length=1, use_audio_ratio=0.0, use_both_ratio=0.0, uncond_ratio=0.0),
-                         seed=3), 1)[0]
+    cfg = config(shard_dir, video_length=1, use_audio_ratio=0.0, use_both_ratio=0.0, uncond_ratio=0.0)
+    s = take(ClipDataset(cfg, seed=3), 1)[0]
     assert s["pixel_values"].shape == (3, 1, 64, 64) and s["frame_indices"].shape == (1,)
     assert s["use_visual"] == 1 and s["use_audio"] == 0
+    silent = take(ClipDataset(cfg, seed=3, with_audio=False), 1)[0]  # a stage without audio skips its decoding
+    assert len(s["audio"]) > 0 and silent["audio"].shape == (0,)
+    assert all(torch.equal(s[k], silent[k]) for k in ("pixel_values", "reference", "control", "noise_seed"))
 
 
 def test_modes_follow_the_ratios_and_reference_keeps_its_distance(shard_dir):

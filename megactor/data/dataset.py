@@ -174,16 +174,17 @@ class ClipDataset(IterableDataset):
     Each sample is a dict: "pixel_values" (3, L, S, S), "reference" (3, S, S), "control" (3, L, S, S),
     all float32 in [-1, 1]; "face_parts" (L, S, S) uint8 1 on the eye and mouth patches of the clip's
     own frames, 0 elsewhere (whatever the mode); "use_visual", "use_audio" float32 0/1; "audio" (A,)
-    float32 16 kHz mono, the clip's whole track; "frame_indices" (L,) int64; "fps" float32; "key" str.
+    float32 16 kHz mono, the clip's whole track (empty with ``with_audio=False``); "frame_indices" (L,) int64; "fps" float32; "key" str.
     """
 
     def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0, world_size: int = 1,
-                 batch_size: int = 1, skip_batches: int = 0):
+                 batch_size: int = 1, skip_batches: int = 0, with_audio: bool = True):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.cfg, self.seed = cfg, seed
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.skip_batches = batch_size, skip_batches
+        self.with_audio = with_audio  # False: "audio" is empty (a stage without the audio branch skips its decoding)
         shards = []
         for folder in cfg.data_dirs:
             found = list_shards(os.path.join(folder, "shards")) or list_shards(folder)
@@ -258,8 +259,10 @@ class ClipDataset(IterableDataset):
         frames = decode_selected_frames(data, name, [*indices.tolist(), ref_index])
         if len(frames) < len({*indices.tolist(), ref_index}):
             raise CorruptSample(f"{name}: frame {max(int(indices[-1]), ref_index)} missing, the json lists {len(valid)}")
-        rate = int(meta.get("sample_rate", 16000))
-        audio = fit_audio(decode_audio(data, name, rate), int(round(len(valid) / fps * rate)))  # drop AAC padding
+        audio = np.zeros(0, np.float32)
+        if self.with_audio:
+            rate = int(meta.get("sample_rate", 16000))
+            audio = fit_audio(decode_audio(data, name, rate), int(round(len(valid) / fps * rate)))  # drop AAC padding
         try:
             all_landmarks = unpack_array(faces["landmarks"])  # (T, N, 2)
             landmarks = all_landmarks[indices]  # (L, N, 2)

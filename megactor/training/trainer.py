@@ -277,7 +277,8 @@ class Trainer:
                         acc.num_processes, acc.distributed_type, acc.mixed_precision,
                         sum(p.numel() for p in self.params))
         dataset = ClipDataset(cfg.train_data, seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
-                              batch_size=cfg.train_batch_size, skip_batches=self.batches_seen)
+                              batch_size=cfg.train_batch_size, skip_batches=self.batches_seen,
+                              with_audio=self.audio_encoder is not None)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.train_batch_size, num_workers=cfg.train_data.num_workers,
             collate_fn=collate_clips, pin_memory=self.device.type == "cuda",

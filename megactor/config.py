@@ -139,6 +139,7 @@ class TrainDataConfig:
     ref_min_distance: int = 8  # the reference frame is at least this many frames from the clip
     crop_margin: float = 0.6  # face-centred square: box side * (1 + margin)
     num_workers: int = 2
+    frame_cache_mb: int = 0  # keep decoded clips in memory up to this size, per loading process (0: decode each time)
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
 
 

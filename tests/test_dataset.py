@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from megactor.config import AugmentConfig, TrainDataConfig
 from megactor.curation.config import load_curation_config
 from megactor.curation.pipeline import curate
-from megactor.data.dataset import ClipDataset, batches_before, collate_clips, plan_sample
+from megactor.data.dataset import ClipDataset, FrameCache, batches_before, collate_clips, plan_sample
 from megactor.data.shards import index_shard, list_shards, write_shard
 from megactor.data.video_io import write_video
 from test_curation import small_clip
@@ -122,6 +122,24 @@ def test_skip_batches_resumes_exactly(shard_dir):
                 if torch.is_tensor(v):
                     assert torch.equal(got[k], v), (skip, k)
     assert [batches_before(5, w, 2) for w in range(2)] == [3, 2]
+
+
+def test_frame_cache_gives_the_same_samples_within_its_budget(shard_dir):
+    cfg = config(shard_dir)
+    plain = take(ClipDataset(cfg, seed=4), 24)  # 11 clips: every clip read again in epochs 1 and 2
+    cached_ds = ClipDataset(config(shard_dir, frame_cache_mb=64), seed=4)
+    cached = take(cached_ds, 24)
+    for a, b in zip(plain, cached):
+        assert a["key"] == b["key"]
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+    cache = cached_ds.cache
+    assert len(cache.clips) == 11 and cache.bytes == sum(f.nbytes for f in cache.clips.values())
+    ref = cached_ds.samples[0]
+    small = FrameCache(max_bytes=int(2.5 * cache.clips[f"{ref.shard}:{ref.key}"].nbytes))  # room for two clips
+    reads = []
+    for key in ("a", "b", "a", "c", "a"):  # the least recently used goes first: b, when c comes
+        small.frames(key, lambda: reads.append(key) or ref.read("mp4"), key)
+    assert reads == ["a", "b", "c"] and list(small.clips) == ["c", "a"] and small.bytes <= small.max_bytes
 
 
 def test_corrupt_samples_are_skipped_and_counted(shard_dir, tmp_path, caplog):

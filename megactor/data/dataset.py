@@ -22,7 +22,9 @@ starts again at worker 0, so with ``skip_batches=n`` worker ``w`` takes over
 the stream of worker ``(w + n) % W`` and starts at that stream's first
 undelivered position, ``batch_size * ceil((n - (w + n) % W) / W)``: batch ``j``
 of the resumed run is batch ``n + j`` of a fresh one, and nothing before it
-is read or decoded (plan first, decode later).
+is read or decoded (plan first, decode later). With ``frame_cache_mb``, each
+loading process keeps decoded clips in memory (`FrameCache`); samples are the
+same with it or without.
 
 Corrupt samples (undecodable video, bad json, too few valid frames) are
 skipped and counted (``skipped``, with a warning giving the running total),
@@ -64,6 +66,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import OrderedDict
 from itertools import count
 from typing import Iterator, Optional
 
@@ -75,7 +78,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from megactor.config import AugmentConfig, TrainDataConfig
 from megactor.data.control import (control_frames, crop_and_resize, crop_matrix, face_crop_box, patch_mask,
                                    transform_points, warp_frames)
-from megactor.data.shards import SampleRef, decode_audio, decode_selected_frames, index_shard, list_shards, unpack_array
+from megactor.data.shards import (SampleRef, decode_audio, decode_frames, decode_selected_frames, index_shard,
+                                  list_shards, unpack_array)
 from megactor.data.video_io import MediaError, fit_audio
 
 log = logging.getLogger(__name__)
@@ -168,6 +172,31 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return x.movedim(-1, 0)
 
 
+class FrameCache:
+    """Decoded clips, (T, H, W, 3) uint8 each, kept up to ``max_bytes``; the least recently used go first.
+
+    Small data sets are read for many epochs: decoding each clip once saves most of a sample's loading time.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.clips: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def frames(self, key: str, read, name: str) -> np.ndarray:
+        """The clip ``key``'s frames; on a miss, ``read()`` gives its video bytes to decode."""
+        if key in self.clips:
+            self.clips.move_to_end(key)
+            return self.clips[key]
+        frames, _ = decode_frames(read(), name)
+        frames.flags.writeable = False  # shared by every sample of the clip
+        if frames.nbytes <= self.max_bytes:
+            self.clips[key] = frames
+            self.bytes += frames.nbytes
+            while self.bytes > self.max_bytes:
+                self.bytes -= self.clips.popitem(last=False)[1].nbytes
+        return frames
+
+
 class ClipDataset(IterableDataset):
     """Endless stream of training samples from the shards under ``cfg.data_dirs`` (see the module docstring).
 
@@ -185,6 +214,7 @@ class ClipDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.skip_batches = batch_size, skip_batches
         self.with_audio = with_audio  # False: "audio" is empty (a stage without the audio branch skips its decoding)
+        self.cache = FrameCache(cfg.frame_cache_mb << 20) if cfg.frame_cache_mb > 0 else None
         shards = []
         for folder in cfg.data_dirs:
             found = list_shards(os.path.join(folder, "shards")) or list_shards(folder)
@@ -255,14 +285,19 @@ class ClipDataset(IterableDataset):
         except CorruptSample as e:
             raise CorruptSample(f"{name}: {e}") from None
 
-        data = ref.read("mp4")
-        frames = decode_selected_frames(data, name, [*indices.tolist(), ref_index])
-        if len(frames) < len({*indices.tolist(), ref_index}):
-            raise CorruptSample(f"{name}: frame {max(int(indices[-1]), ref_index)} missing, the json lists {len(valid)}")
+        wanted = [*indices.tolist(), ref_index]
+        if self.cache is not None:
+            decoded = self.cache.frames(name, lambda: ref.read("mp4"), name)
+            frames = {i: decoded[i] for i in wanted if i < len(decoded)}
+        else:
+            frames = decode_selected_frames(ref.read("mp4"), name, wanted)
+        if len(frames) < len(set(wanted)):
+            raise CorruptSample(f"{name}: frame {max(wanted)} missing, the json lists {len(valid)}")
         audio = np.zeros(0, np.float32)
         if self.with_audio:
             rate = int(meta.get("sample_rate", 16000))
-            audio = fit_audio(decode_audio(data, name, rate), int(round(len(valid) / fps * rate)))  # drop AAC padding
+            audio = decode_audio(ref.read("mp4"), name, rate)
+            audio = fit_audio(audio, int(round(len(valid) / fps * rate)))  # drop AAC padding
         try:
             all_landmarks = unpack_array(faces["landmarks"])  # (T, N, 2)
             landmarks = all_landmarks[indices]  # (L, N, 2)

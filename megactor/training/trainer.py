@@ -83,7 +83,7 @@ class Trainer:
                                            weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_train_steps)
-        self.ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
+        self.ema = EMAModel(params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
         self.step = self.batches_seen = self.nan_streak = self.nan_total = 0
 
         if self.accelerator.distributed_type == DistributedType.FSDP:

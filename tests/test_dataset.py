@@ -138,7 +138,7 @@ def test_frame_cache_gives_the_same_samples_within_its_budget(shard_dir):
     small = FrameCache(max_bytes=int(2.5 * cache.clips[f"{ref.shard}:{ref.key}"].nbytes))  # room for two clips
     reads = []
     for key in ("a", "b", "a", "c", "a"):  # the least recently used goes first: b, when c comes
-        small.frames(key, lambda: reads.append(key) or ref.read("mp4"), key)
+        small.frames(key, lambda: reads.append(key) or ref.read("mp4"))
     assert reads == ["a", "b", "c"] and list(small.clips) == ["c", "a"] and small.bytes <= small.max_bytes
 
 

@@ -182,12 +182,12 @@ class FrameCache:
         self.max_bytes, self.bytes = max_bytes, 0
         self.clips: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def frames(self, key: str, read, name: str) -> np.ndarray:
-        """The clip ``key``'s frames; on a miss, ``read()`` gives its video bytes to decode."""
+    def frames(self, key: str, read) -> np.ndarray:
+        """The frames of clip ``key`` (its name in errors); on a miss, ``read()`` gives its video bytes to decode."""
         if key in self.clips:
             self.clips.move_to_end(key)
             return self.clips[key]
-        frames, _ = decode_frames(read(), name)
+        frames, _ = decode_frames(read(), key)
         frames.flags.writeable = False  # shared by every sample of the clip
         if frames.nbytes <= self.max_bytes:
             self.clips[key] = frames
@@ -203,7 +203,8 @@ class ClipDataset(IterableDataset):
     Each sample is a dict: "pixel_values" (3, L, S, S), "reference" (3, S, S), "control" (3, L, S, S),
     all float32 in [-1, 1]; "face_parts" (L, S, S) uint8 1 on the eye and mouth patches of the clip's
     own frames, 0 elsewhere (whatever the mode); "use_visual", "use_audio" float32 0/1; "audio" (A,)
-    float32 16 kHz mono, the clip's whole track (empty with ``with_audio=False``); "frame_indices" (L,) int64; "fps" float32; "key" str.
+    float32 16 kHz mono, the clip's whole track (empty with ``with_audio=False``); "frame_indices" (L,)
+    int64; "fps" float32; "key" str.
     """
 
     def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0, world_size: int = 1,
@@ -287,7 +288,7 @@ class ClipDataset(IterableDataset):
 
         wanted = [*indices.tolist(), ref_index]
         if self.cache is not None:
-            decoded = self.cache.frames(name, lambda: ref.read("mp4"), name)
+            decoded = self.cache.frames(name, lambda: ref.read("mp4"))
             frames = {i: decoded[i] for i in wanted if i < len(decoded)}
         else:
             frames = decode_selected_frames(ref.read("mp4"), name, wanted)

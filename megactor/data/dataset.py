@@ -63,6 +63,7 @@ colour and saturation do not survive the grayscale control and are not drawn.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -286,18 +287,19 @@ class ClipDataset(IterableDataset):
         except CorruptSample as e:
             raise CorruptSample(f"{name}: {e}") from None
 
+        video_bytes = functools.cache(lambda: ref.read("mp4"))  # read once, and only when something decodes
         wanted = [*indices.tolist(), ref_index]
         if self.cache is not None:
-            decoded = self.cache.frames(name, lambda: ref.read("mp4"))
+            decoded = self.cache.frames(name, video_bytes)
             frames = {i: decoded[i] for i in wanted if i < len(decoded)}
         else:
-            frames = decode_selected_frames(ref.read("mp4"), name, wanted)
+            frames = decode_selected_frames(video_bytes(), name, wanted)
         if len(frames) < len(set(wanted)):
             raise CorruptSample(f"{name}: frame {max(wanted)} missing, the json lists {len(valid)}")
         audio = np.zeros(0, np.float32)
         if self.with_audio:
             rate = int(meta.get("sample_rate", 16000))
-            audio = decode_audio(ref.read("mp4"), name, rate)
+            audio = decode_audio(video_bytes(), name, rate)
             audio = fit_audio(audio, int(round(len(valid) / fps * rate)))  # drop AAC padding
         try:
             all_landmarks = unpack_array(faces["landmarks"])  # (T, N, 2)

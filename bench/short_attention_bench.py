@@ -1,8 +1,10 @@
 """Attention over few keys (the temporal layers' 16 frames, the audio's 32 tokens, the context's 120):
 fused SDPA kernels against explicit matmul-softmax-matmul, eager and compiled, forward+backward of the
-whole module (norm, projections, attention) at the xl model's shapes.
+whole module (norm, projections, attention) at the xl model's shapes. For the temporal layer also the
+model's own (blocks.TemporalAttention), spelt out on the token layout and with the Triton kernel of
+triton_frame_attention at each of --warps.
 
-    python bench/short_attention_bench.py [--batch 1]
+    python bench/short_attention_bench.py [--batch 1] [--warps 1,2,4]
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from megactor.models import attention, triton_frame_attention
 from megactor.models.attention import short_attention
 from megactor.models.blocks import TemporalAttention
 from model_bench import timed
@@ -39,7 +42,10 @@ class Temporal(nn.Module):
 
 def model_temporal(dim, heads, impl):
     """The model's own layer (blocks.TemporalAttention: FrameAttention on the token layout), output projection
-    randomised out of its zero init."""
+    randomised out of its zero init; impl "spelt out" or "Triton, N warps"."""
+    attention.fused_frame_attention = None if impl == "spelt out" else triton_frame_attention.frame_attention
+    if impl.startswith("Triton"):
+        triton_frame_attention.NUM_WARPS = int(impl.split()[1])
     m = TemporalAttention(dim, heads, max_frames=64)
     nn.init.normal_(m.attn.proj.weight, std=0.02)
     return m
@@ -65,12 +71,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--warps", default="1,2,4", help="num_warps of the Triton temporal kernel to time")
     args = ap.parse_args()
     dev, dim, heads, tokens, f = torch.device("cuda"), 1152, 16, 1024, args.frames
     rows = args.batch * f
     x = torch.randn(rows, tokens, dim, device=dev, dtype=torch.bfloat16, requires_grad=True)
     cases = [("temporal", Temporal, impl, lambda m: m(x, f)) for impl in ("sdpa", "math")]
-    cases.append(("temporal", model_temporal, "model (token layout)", lambda m: m(x, f)))
+    impls = ["spelt out"] + [f"Triton, {w} warps" for w in args.warps.split(",")]
+    cases += [("temporal (model)", model_temporal, impl, lambda m: m(x, f)) for impl in impls]
     for name, m_keys in (("audio cross", None), ("context cross", 120)):
         ctx = torch.randn(rows if m_keys is None else 1, 32 if m_keys is None else m_keys, dim, device=dev,
                           dtype=torch.bfloat16)

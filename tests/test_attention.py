@@ -1,4 +1,9 @@
 """The attention layers' fast paths compute what the plain formulation does."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,3 +52,77 @@ def test_cross_attention_no_grad_path_equals_training_path(context_rows):
     per_row = attn(x, context)
     assert per_row.requires_grad
     torch.testing.assert_close(folded, per_row.detach(), atol=1e-5, rtol=1e-5)
+
+
+def _outputs_and_grads(attn: FrameAttention, x: torch.Tensor, frames: int, grad: torch.Tensor, fused: bool,
+                       compiled: bool = False):
+    """FrameAttention's output and the gradients of x and its parameters, through the Triton kernel or
+    through the torch path."""
+    from megactor.models import attention
+
+    kept = attention.fused_frame_attention
+    attention.fused_frame_attention = kept if fused else None
+    try:
+        x = x.detach().requires_grad_()
+        attn.zero_grad(set_to_none=True)
+        out = (torch.compile(attn, fullgraph=True) if compiled else attn)(x, frames)
+        out.backward(grad)
+        return [out.detach(), x.grad] + [p.grad for p in attn.parameters()]
+    finally:
+        attention.fused_frame_attention = kept
+
+
+def _max_error(got, want):
+    return max(((g.float() - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel runs on CUDA")
+@pytest.mark.parametrize("frames, compiled", [(16, False), (5, False), (16, True)])
+def test_triton_frame_attention_matches_the_torch_path(frames, compiled):
+    """fp32: the kernel equals the torch path; bf16: it is no further from the fp32 result than the torch path."""
+    from megactor.models import attention
+
+    if attention.fused_frame_attention is None:
+        pytest.fail("Triton is missing: CUDA torch builds ship it")
+    torch.manual_seed(0)
+    b, n, d, heads = 2, 33, 1152, 16  # the xl model's heads of 72
+    attn = _randomise(FrameAttention(d, heads)).cuda()
+    for p in attn.parameters():
+        p.data.mul_(0.1)
+    x = torch.randn(b * frames, n, d, device="cuda")
+    grad = torch.randn_like(x)
+    want = _outputs_and_grads(attn, x, frames, grad, fused=False)
+    got = _outputs_and_grads(attn, x, frames, grad, fused=True, compiled=compiled)
+    assert _max_error(got, want) < 1e-5
+
+    attn.to(torch.bfloat16)
+    x, grad = x.bfloat16(), grad.bfloat16()
+    fused_error = _max_error(_outputs_and_grads(attn, x, frames, grad, fused=True, compiled=compiled), want)
+    torch_error = _max_error(_outputs_and_grads(attn, x, frames, grad, fused=False), want)
+    assert fused_error < 1.5 * torch_error + 1e-3, (fused_error, torch_error)
+
+
+def test_triton_frame_attention_kernels_in_the_interpreter():
+    """The kernels, run by Triton's CPU interpreter, against the torch path (forward and qkv gradient)."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent("""
+        import torch
+        from einops import rearrange
+        from megactor.models.attention import short_attention
+        from megactor.models.triton_frame_attention import frame_attention
+        torch.manual_seed(0)
+        for b, f, n, heads, d in [(2, 5, 3, 2, 72), (1, 20, 2, 2, 24)]:
+            qkv = torch.randn(b * f, n, 3 * heads * d, requires_grad=True)
+            grad = torch.randn(b * f, n, heads * d)
+            out = frame_attention(qkv, f, heads)
+            (fused_grad,) = torch.autograd.grad(out, qkv, grad)
+            q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=f, h=heads) for t in qkv.chunk(3, dim=-1))
+            want = rearrange(short_attention(q, k, v), "b n h f d -> (b f) n (h d)")
+            (want_grad,) = torch.autograd.grad(want, qkv, grad)
+            torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(fused_grad, want_grad, atol=1e-5, rtol=1e-5)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -2,7 +2,8 @@
 PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels on GPU),
 or xformers when it is installed and asked for.
 
-Tensors inside are laid out (batch, heads, tokens, head_dim).
+Projections are kept in the token layout (batch, tokens, heads*head_dim) and reach the kernels
+as (batch, heads, tokens, head_dim) views of it: no transposing copies.
 """
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-KV = Tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, heads, M, head_dim) each
+try:
+    from .triton_frame_attention import frame_attention as fused_frame_attention
+except ImportError:  # torch builds without Triton (CPU-only)
+    fused_frame_attention = None
+
+KV = Tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, M, heads*head_dim) each, in the token layout
 
 _BACKEND = "sdpa"
 
@@ -53,7 +59,7 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, N, heads*d) -> (B, heads, N, d)."""
+    """(B, N, heads*d) -> (B, heads, N, d), a view."""
     b, n, _ = x.shape
     return x.view(b, n, heads, -1).transpose(1, 2)
 
@@ -65,7 +71,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def append_tokens(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-    """own (R, H, N, d), extra (b, H, M, d) with R = b*k -> (R, H, N + M, d).
+    """own (R, N, D), extra (b, M, D) with R = b*k -> (R, N + M, D).
 
     The extra tokens are broadcast over each sample's k rows as a stride-0 view, so
     the concatenation is the only copy, and their gradient is a plain sum.
@@ -74,7 +80,7 @@ def append_tokens(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
     if r % b:
         raise ValueError(f"cannot share keys/values of {b} samples among {r} rows")
     extra = extra[:, None].expand(b, r // b, *extra.shape[1:])
-    return torch.cat([own.unflatten(0, (b, r // b)), extra], dim=3).flatten(0, 1)
+    return torch.cat([own.unflatten(0, (b, r // b)), extra], dim=2).flatten(0, 1)
 
 
 class SelfAttention(nn.Module):
@@ -90,31 +96,30 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def project_kv(self, x: torch.Tensor) -> KV:
-        """Keys and values of tokens `x` (B, N, D), as another layer would append them."""
-        _, k, v = self.qkv(x).chunk(3, dim=-1)
-        return split_heads(k, self.heads), split_heads(v, self.heads)
-
     def forward(self, x: torch.Tensor, extra_kv: Optional[KV] = None, return_kv: bool = False):
-        """x (R, N, D); extra_kv (b, H, M, d) each, shared by the R/b consecutive rows of each of its b samples."""
-        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))  # (R, H, N, d) each
+        """x (R, N, D); extra_kv (b, M, D) each, shared by the R/b consecutive rows of each of its b samples."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (R, N, D) each
         own_kv = (k, v)
         if extra_kv is not None:
-            k, v = append_tokens(k, extra_kv[0]), append_tokens(v, extra_kv[1])  # (R, H, N + M, d)
-        out = self.proj(merge_heads(attention(q, k, v)))
+            k, v = append_tokens(k, extra_kv[0]), append_tokens(v, extra_kv[1])  # (R, N + M, D)
+        out = attention(*(split_heads(t, self.heads) for t in (q, k, v)))  # (R, H, N, d)
+        out = self.proj(merge_heads(out))
         return (out, own_kv) if return_kv else out
 
 
 class FrameAttention(SelfAttention):
     """Self-attention across frames: each token attends to the tokens at its position in its sample's frames.
 
-    Tokens stay laid out (B*F, N, D) as the spatial layers have them; only views are rearranged.
+    Tokens stay laid out (B*F, N, D) as the spatial layers have them. On CUDA the attention is one
+    Triton kernel on that layout (triton_frame_attention); elsewhere it is spelt out on views of it.
     """
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """x (B*F, N, D) -> (B*F, N, D)."""
-        q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=num_frames, h=self.heads)
-                   for t in self.qkv(x).chunk(3, dim=-1))
+        qkv = self.qkv(x)  # (B*F, N, 3D)
+        if qkv.is_cuda and fused_frame_attention is not None:
+            return self.proj(fused_frame_attention(qkv, num_frames, self.heads))
+        q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=num_frames, h=self.heads) for t in qkv.chunk(3, dim=-1))
         out = short_attention(q, k, v)  # (B, N, H, F, d)
         return self.proj(rearrange(out, "b n h f d -> (b f) n (h d)"))
 

@@ -98,7 +98,7 @@ class SigmaBlock(nn.Module):
         modulation: torch.Tensor,  # (B*F, 6, D): adaLN-single, from the timestep
         context: torch.Tensor,  # (1, T, D): the learned context, shared by all rows
         num_frames: int = 1,
-        reference_kv: Optional[KV] = None,  # (B or 1, H, M, d) each: this block's reference keys/values
+        reference_kv: Optional[KV] = None,  # (B or 1, M, D) each: this block's reference keys/values
         audio: Optional[torch.Tensor] = None,  # (B*F, A, D) audio tokens
         audio_amplitude: Optional[torch.Tensor] = None,  # (B*F, 1, 1)
         use_temporal: bool = True,

@@ -25,7 +25,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .attention import KV, split_heads
+from .attention import KV
 from .audio_encoder import feature_shape, window_size
 from .blocks import FinalLayer, SigmaBlock, expand_batch, modulate
 
@@ -66,17 +66,16 @@ def _run(block: nn.Module, use_checkpoint: bool, *args, **kwargs):
 class ReferenceKV(nn.Module):
     """The last reference block's share: only its self-attention keys/values are ever read."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int):
         super().__init__()
-        self.heads = heads
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)  # shift, scale of the attention input
         self.kv = nn.Linear(dim, 2 * dim)
 
     def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> KV:
         shift, scale = (self.scale_shift_table[None] + modulation[:, :2]).chunk(2, dim=1)
-        k, v = self.kv(modulate(self.norm(x), shift, scale)).chunk(2, dim=-1)
-        return split_heads(k, self.heads), split_heads(v, self.heads)
+        k, v = self.kv(modulate(self.norm(x), shift, scale)).chunk(2, dim=-1)  # (B, N, D) each
+        return k, v
 
 
 class ReferenceNet(nn.Module):
@@ -92,11 +91,11 @@ class ReferenceNet(nn.Module):
         self.adaln_single = AdaLayerNormSingle(cfg.width)
         self.caption_projection = PixArtAlphaTextProjection(cfg.caption_channels, cfg.width)
         self.blocks = nn.ModuleList(SigmaBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth - 1))
-        self.last_kv = ReferenceKV(cfg.width, cfg.num_heads)
+        self.last_kv = ReferenceKV(cfg.width)
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
     def forward(self, reference: torch.Tensor, context: torch.Tensor) -> List[KV]:
-        """reference (B, C, h, w), context (T, caption_channels) -> per block (keys, values), (B, H, N, d) each."""
+        """reference (B, C, h, w), context (T, caption_channels) -> per block (keys, values), (B, N, D) each."""
         x = self.patch_embed(reference).to(self.caption_projection.linear_1.weight.dtype)  # (B, N, D), params' dtype
         t = torch.zeros(reference.shape[0], device=reference.device)
         modulation, _ = self.adaln_single(t, batch_size=reference.shape[0], hidden_dtype=x.dtype)
@@ -261,7 +260,7 @@ class SigmaDiT(nn.Module):
             raise ValueError(f"reference latent {tuple(reference.shape)} does not match the latents "
                              f"{tuple(latents.shape)}: expected ({b} or 1, {c}, {h}, {w})")
         if reference_kv is not None:
-            tokens, expected = reference_kv[0][0].shape[2], (h // self.config.patch_size) * (w // self.config.patch_size)
+            tokens, expected = reference_kv[0][0].shape[1], (h // self.config.patch_size) * (w // self.config.patch_size)
             if tokens != expected:
                 raise ValueError(f"reference keys/values hold {tokens} tokens per block, but latents "
                                  f"{tuple(latents.shape)} have {expected}: the reference was encoded at another size")

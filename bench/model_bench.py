@@ -159,7 +159,7 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other elementwise")
 
 
-def profile(step, device, rows: int = 25, steps: int = 3, trace: Optional[str] = None) -> None:
+def profile(step, device, rows: int = 40, steps: int = 3, trace: Optional[str] = None) -> None:
     """The kernels of three training steps, most time first, and their time per step by kind;
     `trace`: also a Chrome trace of the steps there."""
     from torch.profiler import ProfilerActivity

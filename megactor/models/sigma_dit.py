@@ -74,8 +74,7 @@ class ReferenceKV(nn.Module):
 
     def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> KV:
         shift, scale = (self.scale_shift_table[None] + modulation[:, :2]).chunk(2, dim=1)
-        k, v = self.kv(modulate(self.norm(x), shift, scale)).chunk(2, dim=-1)  # (B, N, D) each
-        return k, v
+        return self.kv(modulate(self.norm(x), shift, scale)).chunk(2, dim=-1)  # (B, N, D) each
 
 
 class ReferenceNet(nn.Module):

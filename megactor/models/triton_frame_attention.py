@@ -31,53 +31,56 @@ def _probabilities(q, k, key_valid, scale, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _offsets(frames_total, tokens, heads, head_dim, row_width, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's (sample, token, head): element offsets of its (frame, channel) tile in a
-    (B*F, N, row_width) tensor, the head's channel offset, and the tile's mask."""
+def _tile(frames_total, tokens, heads, head_dim, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (sample, token, head) as a (frame, channel) tile: the token's row in each frame of a
+    (B*F, N, width) tensor, the head's channels, the tile's mask and which frames are real."""
     pid = tl.program_id(0)
     head = pid % heads
     token = (pid // heads) % tokens
     sample = pid // (heads * tokens)
     frames = tl.arange(0, BLOCK_F)
-    channels = tl.arange(0, BLOCK_D)
-    rows = ((sample * frames_total + frames) * tokens + token).to(tl.int64)  # this token in each frame
-    offsets = rows[:, None] * row_width + channels[None, :]
-    mask = (frames < frames_total)[:, None] & (channels < head_dim)[None, :]
-    return offsets, head * head_dim, mask, frames < frames_total
+    rows = ((sample * frames_total + frames) * tokens + token).to(tl.int64)
+    channels = head * head_dim + tl.arange(0, BLOCK_D)
+    valid = frames < frames_total
+    mask = valid[:, None] & (tl.arange(0, BLOCK_D) < head_dim)[None, :]
+    return rows, channels, mask, valid
+
+
+@triton.jit
+def _load_qkv(qkv, rows, channels, mask, dim):
+    """This tile's queries, keys and values from qkv (B*F, N, 3*dim): (BLOCK_F, BLOCK_D) each."""
+    at = qkv + rows[:, None] * (3 * dim) + channels[None, :]
+    return (tl.load(at, mask=mask, other=0.0), tl.load(at + dim, mask=mask, other=0.0),
+            tl.load(at + 2 * dim, mask=mask, other=0.0))
 
 
 @triton.jit
 def _forward_kernel(qkv, out, frames_total, tokens, heads, dim, head_dim, scale,
                     BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    offsets, head_offset, mask, valid = _offsets(frames_total, tokens, heads, head_dim, 3 * dim, BLOCK_F, BLOCK_D)
-    q = tl.load(qkv + offsets + head_offset, mask=mask, other=0.0)  # (BLOCK_F, BLOCK_D)
-    k = tl.load(qkv + offsets + dim + head_offset, mask=mask, other=0.0)
-    v = tl.load(qkv + offsets + 2 * dim + head_offset, mask=mask, other=0.0)
+    rows, channels, mask, valid = _tile(frames_total, tokens, heads, head_dim, BLOCK_F, BLOCK_D)
+    q, k, v = _load_qkv(qkv, rows, channels, mask, dim)
     p = _probabilities(q, k, valid, scale, PRECISION)
     o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    out_offsets, _, _, _ = _offsets(frames_total, tokens, heads, head_dim, dim, BLOCK_F, BLOCK_D)
-    tl.store(out + out_offsets + head_offset, o.to(out.dtype.element_ty), mask=mask)
+    tl.store(out + rows[:, None] * dim + channels[None, :], o.to(out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _backward_kernel(qkv, grad_out, grad_qkv, frames_total, tokens, heads, dim, head_dim, scale,
                      BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    offsets, head_offset, mask, valid = _offsets(frames_total, tokens, heads, head_dim, 3 * dim, BLOCK_F, BLOCK_D)
-    q = tl.load(qkv + offsets + head_offset, mask=mask, other=0.0)
-    k = tl.load(qkv + offsets + dim + head_offset, mask=mask, other=0.0)
-    v = tl.load(qkv + offsets + 2 * dim + head_offset, mask=mask, other=0.0)
-    out_offsets, _, _, _ = _offsets(frames_total, tokens, heads, head_dim, dim, BLOCK_F, BLOCK_D)
-    do = tl.load(grad_out + out_offsets + head_offset, mask=mask, other=0.0)
+    rows, channels, mask, valid = _tile(frames_total, tokens, heads, head_dim, BLOCK_F, BLOCK_D)
+    q, k, v = _load_qkv(qkv, rows, channels, mask, dim)
+    do = tl.load(grad_out + rows[:, None] * dim + channels[None, :], mask=mask, other=0.0)
     p = _probabilities(q, k, valid, scale, PRECISION)  # (BLOCK_F, BLOCK_F)
     dv = tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])  # softmax backward
     dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
     dk = tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION) * scale
+    at = grad_qkv + rows[:, None] * (3 * dim) + channels[None, :]
     dtype = grad_qkv.dtype.element_ty
-    tl.store(grad_qkv + offsets + head_offset, dq.to(dtype), mask=mask)
-    tl.store(grad_qkv + offsets + dim + head_offset, dk.to(dtype), mask=mask)
-    tl.store(grad_qkv + offsets + 2 * dim + head_offset, dv.to(dtype), mask=mask)
+    tl.store(at, dq.to(dtype), mask=mask)
+    tl.store(at + dim, dk.to(dtype), mask=mask)
+    tl.store(at + 2 * dim, dv.to(dtype), mask=mask)
 
 
 def _launch(kernel, qkv: torch.Tensor, num_frames: int, heads: int, *tensors: torch.Tensor) -> None:

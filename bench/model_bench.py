@@ -8,8 +8,8 @@ PixArtTransformer2DModel (XL-2 config, the frames as its batch) is timed at the 
 shape as the reference point. Modes:
   eager-autocast   fp32 weights, bf16 autocast (what mixed-precision training does)
   eager-bf16       bf16 weights
-  compile-autocast torch.compile'd blocks + autocast
-  compile-bf16     torch.compile'd blocks + bf16 weights
+  compile-autocast SigmaDiT.compile_model() + autocast
+  compile-bf16     SigmaDiT.compile_model() + bf16 weights
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def sigma_case(args, device):
     )
 
     def compile_fn(m):
-        m.compile_blocks(cudagraphs=args.cudagraphs)
+        m.compile_model(cudagraphs=not args.no_cudagraphs)
 
     return model, inputs, compile_fn
 
@@ -211,8 +211,8 @@ def main():
     ap.add_argument("--size", type=int, default=512, help="pixels; latents are size/8 (VAE) or size/factor (pixel)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--cudagraphs", default="all", choices=["none", "reference", "all"],
-                    help="compiled modes: which blocks replay as CUDA graphs (SigmaDiT.compile_blocks)")
+    ap.add_argument("--no-cudagraphs", action="store_true",
+                    help="compiled modes: no CUDA graphs (SigmaDiT.compile_model(cudagraphs=False))")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
     ap.add_argument("--no-sigma", action="store_true", help="time only the diffusers PixArt reference point")
     ap.add_argument("--no-pixart", action="store_true", help="skip the diffusers PixArt reference point")

@@ -91,7 +91,7 @@ class Animator:
             cfg.noise_scheduler_kwargs = cfg.noise_scheduler_kwargs or NoiseSchedulerConfig()
         model = model.to(device, dtype).eval().requires_grad_(False)
         if cfg.compile:
-            model.compile_blocks(cudagraphs="reference")  # the denoiser's calls are long enough to hide launches
+            model.compile_model(cudagraphs=False)  # each call, 16 frames per branch, is long enough to hide its launches
         codec = build_codec(cfg.model.codec).to(device, dtype)
         audio_encoder = WhisperAudioEncoder(cfg.model.audio_encoder).to(device, dtype)
         return cls(model, codec, audio_encoder, build_face_analyser(cfg.face_backend), cfg, device, dtype)

@@ -127,7 +127,6 @@ class SigmaDiT(nn.Module):
         self.final_layer = FinalLayer(d, cfg.patch_size, c)
         self.reference_net = ReferenceNet(cfg)
         self.gradient_checkpointing = cfg.gradient_checkpointing
-        self.cudagraphs = "none"  # see compile_blocks
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -157,25 +156,25 @@ class SigmaDiT(nn.Module):
             if blk.temporal is not None:
                 zero_module(blk.temporal.attn.proj)
 
-    def compile_blocks(self, cudagraphs: str = "all") -> None:
-        """torch.compile every transformer block, each to its own graph (the blocks are identical in shape).
+    def compile_model(self, cudagraphs: bool = True) -> None:
+        """torch.compile the forward pass, the reference net's included, as one graph (and its backward as one).
 
-        cudagraphs: which blocks also replay as CUDA graphs, so that the CPU's kernel launches stop
-        setting the pace: "all", "reference" (the reference net's, whose one-frame kernels are the
-        shortest), or "none". An xl training step, bench/model_bench.py on an H100: 42%, 40% and 36% MFU.
-        CUDA graphs need a CUDA model and are left out under gradient checkpointing, whose
-        recomputation they do not support.
+        One graph rather than one per block: between per-block graphs the GPU waited on Python and autograd
+        (an xl training step on an H200: 274.6 -> 260.9 ms; README, Benchmarks). The blocks are unrolled, so the
+        first call compiles for a few minutes at xl. Call it with the model on its device.
+        cudagraphs: also replay the graphs as CUDA graphs ("reduce-overhead"), so that the CPU's kernel
+        launches stop setting the pace; each call then starts a new step, whose outputs overwrite the
+        last call's. Left out off CUDA and under gradient checkpointing.
         """
-        if cudagraphs not in ("none", "reference", "all"):
-            raise ValueError(f"cudagraphs must be 'none', 'reference' or 'all', got {cudagraphs!r}")
-        if self.gradient_checkpointing or self.context.device.type != "cuda":
-            cudagraphs = "none"
-        graphs = {"mode": "reduce-overhead"}
-        for block in self.blocks:
-            block.compile(**(graphs if cudagraphs == "all" else {}))
-        for block in self.reference_net.blocks:
-            block.compile(**(graphs if cudagraphs != "none" else {}))
-        self.cudagraphs = cudagraphs
+        cudagraphs = cudagraphs and self.context.is_cuda and not self.gradient_checkpointing
+        compiled = torch.compile(type(self).forward.__get__(self), mode="reduce-overhead" if cudagraphs else None)
+
+        def forward(*args, **kwargs):
+            if cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            return compiled(*args, **kwargs)
+
+        self.forward = forward
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.gradient_checkpointing = self.reference_net.gradient_checkpointing = enabled
@@ -183,12 +182,7 @@ class SigmaDiT(nn.Module):
     def encode_reference(self, reference: torch.Tensor) -> List[KV]:
         """Reference latent (B, C, h, w) -> per-block keys/values; compute once, reuse at every step."""
         self._check_spatial("reference", reference.shape[-2:])
-        if self.cudagraphs != "none":
-            torch.compiler.cudagraph_mark_step_begin()  # a new pass: earlier graph outputs may be reused
-        kvs = self.reference_net(reference, self.context)
-        if self.cudagraphs == "all":  # out of the graphs' memory pool, which the denoiser's graphs reuse
-            kvs = [(k.clone(), v.clone()) for k, v in kvs]
-        return kvs
+        return self.reference_net(reference, self.context)
 
     def forward(
         self,
@@ -220,8 +214,6 @@ class SigmaDiT(nn.Module):
 
         if reference_kv is None and reference is not None:
             reference_kv = self.encode_reference(reference)
-        elif self.cudagraphs == "all":
-            torch.compiler.cudagraph_mark_step_begin()
         audio_tokens = amplitude = None
         if audio is not None:
             audio_tokens = self.audio_proj(audio.to(x.dtype))  # (B*F, A, D)

@@ -101,7 +101,7 @@ class Trainer:
         if self.resumed_from:
             self._load_checkpoint(model, self.resumed_from)
         if cfg.compile:
-            model.to(self.device).compile_blocks()  # on its device: CUDA graphs are decided there
+            model.to(self.device).compile_model()  # on its device: CUDA graphs are decided there
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if self.ema is not None:
             self.ema.to(self.device)

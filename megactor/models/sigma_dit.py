@@ -160,8 +160,8 @@ class SigmaDiT(nn.Module):
         """torch.compile the forward pass, the reference net's included, as one graph (and its backward as one).
 
         One graph rather than one per block: between per-block graphs the GPU waited on Python and autograd
-        (an xl training step on H200s: 274.6 ms per block, 260.9 as one; README, Benchmarks). Blocks are unrolled, so the
-        first call compiles for a few minutes at xl. Call it with the model on its device.
+        (an xl training step on H200s: 274.6 ms per block, 260.9 as one; README, Benchmarks). The blocks
+        are unrolled, so the first call compiles for a few minutes at xl. Call it with the model on its device.
         cudagraphs: also replay the graphs as CUDA graphs ("reduce-overhead"), so that the CPU's kernel
         launches stop setting the pace; each call then starts a new step, whose outputs overwrite the
         last call's. Left out off CUDA and under gradient checkpointing.

@@ -80,10 +80,10 @@ def test_every_trainable_parameter_takes_part_in_its_stage(stage):
     assert not idle
 
 
-def _perturb(module):
+def _perturb(module, std=0.5):
     with torch.no_grad():
         for p in module.parameters():
-            p.normal_(std=0.5)
+            p.normal_(std=std)
 
 
 @pytest.mark.parametrize("branch", ["visual", "audio", "temporal"])
@@ -164,9 +164,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(loaded):
 def test_compiled_model_matches_eager():
     """compile_model: the forward pass, reference net included, as one graph; its outputs and gradients are eager's."""
     model = SigmaDiT(tiny_config(depth=2))
-    with torch.no_grad():
-        for p in model.parameters():  # no zero-initialised branch left out of the comparison
-            p.normal_(std=0.05)
+    _perturb(model, std=0.05)  # no zero-initialised branch left out of the comparison
     eager = copy.deepcopy(model)
     model.compile_model()  # on CPU: without CUDA graphs
     latents, t, control, audio, reference = inputs(model.config)

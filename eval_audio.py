@@ -86,10 +86,12 @@ def output_file(output_path: str, pair: Pair, single: bool) -> str:
 
 
 def init_distributed(device: Optional[str]):
-    """(rank, world size, device, all_reduce) under torchrun / accelerate launch; one process otherwise."""
+    """(this process's share of the windows, its device) under torchrun / accelerate launch; one process otherwise."""
+    from megactor.diffusion.sampler import Distributed
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, device, None
+        return Distributed(), device
     import torch
     import torch.distributed as dist
 
@@ -98,7 +100,7 @@ def init_distributed(device: Optional[str]):
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     if use_cuda:
         torch.cuda.set_device(local)
-    return dist.get_rank(), world, f"cuda:{local}" if use_cuda else "cpu", dist.all_reduce
+    return Distributed(dist.get_rank(), world, dist.all_reduce), f"cuda:{local}" if use_cuda else "cpu"
 
 
 def main(argv=None) -> int:
@@ -114,7 +116,8 @@ def main(argv=None) -> int:
     from megactor.animate import Animator, InputError, MediaError
     from megactor.data.video_io import write_video
 
-    rank, world_size, device, all_reduce = init_distributed(args.device)
+    dist, device = init_distributed(args.device)
+    rank = dist.rank
     try:
         animator = Animator.from_config(cfg, device=device)
     except (ConfigError, OSError) as e:  # a checkpoint that is missing, unreadable or trained on another schedule
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
     for (source, driver, audio), out in zip(pairs, outputs):
         try:
             result = animator.animate(source, driver, audio, mode=mode, crop=not args.no_crop, progress=rank == 0,
-                                      rank=rank, world_size=world_size, all_reduce=all_reduce)
+                                      dist=dist)
         except (InputError, MediaError, ValueError) as e:
             failed += 1
             if rank == 0:

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
-from megactor.animate import Animation, Animator, InputError, MediaError, MODES, cfg_guidance  # noqa: E402
+from megactor.animate import Animation, Animator, InputError, MediaError, MODES, guidance_knobs  # noqa: E402
 from megactor.config import ConfigError, InferenceConfig, load_config  # noqa: E402
 from megactor.data.video_io import AUDIO_EXTS, VIDEO_EXTS, probe, write_video  # noqa: E402
 
@@ -164,7 +164,7 @@ def _save(result: Animation, output_dir: str, name: str, grid: bool) -> Tuple[st
 
 def build_demo(animator: Animator, limits: Limits = Limits(), output_dir: str = "outputs/demo") -> gr.Blocks:
     """The demo's page and its one endpoint, api_name "animate"; results are written under `output_dir`."""
-    defaults = cfg_guidance(animator.cfg)
+    defaults = guidance_knobs(animator.cfg)
 
     def animate(source, driver, audio, mode, audio_scale, visual_scale, audio_amplitude, visual_amplitude,
                 steps, seed, seconds, crop, grid, progress=gr.Progress()):

@@ -15,7 +15,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,13 +25,15 @@ from .config import ConfigError, InferenceConfig, NoiseSchedulerConfig
 from .data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points
 from .data.face import FaceAnalyser, build_face_analyser
 from .data.video_io import AUDIO_RATE, Clip, MediaError, fit_audio, read_audio, read_video
-from .diffusion.guidance import combine, guidance_branches
-from .diffusion.sampler import sample_video
+from .diffusion.guidance import Branch, GuidanceSchedule, combine
+from .diffusion.sampler import Distributed, sample_video
 from .diffusion.schedulers import sampling_scheduler, schedule_mismatch
 from .models import (SigmaDiT, WhisperAudioEncoder, build_codec, from_pretrained, gather_windows,
                      load_noise_schedule, window_indices)
+from .models.attention import KV
 from .models.audio_encoder import num_features
 from .models.codec import LatentCodec
+from .models.fp8 import convert_to_fp8
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,24 @@ class Animation:
         return np.concatenate(panels, axis=2)
 
 
+@dataclass
+class Conditions:
+    """What drives one video, on the model's device: computed once per run, read at every step and window."""
+
+    reference_kv: List[KV]  # per block, (1, N, D) each: the source's keys/values (SigmaDiT.encode_reference)
+    context_kv: List[KV]  # per block, (1, T, D) each: the learned context's (SigmaDiT.encode_context)
+    control: Optional[torch.Tensor] = None  # (1, C, T, h, w) control latents; None: no visual driving
+    audio: Optional[torch.Tensor] = None  # (1, T, W, L+1, d) Whisper feature windows; None: no audio driving
+
+    @property
+    def use_visual(self) -> bool:
+        return self.control is not None
+
+    @property
+    def use_audio(self) -> bool:
+        return self.audio is not None
+
+
 class Animator:
     def __init__(self, model: SigmaDiT, codec: LatentCodec, audio_encoder: WhisperAudioEncoder,
                  face_analyser: FaceAnalyser, cfg: InferenceConfig, device: torch.device, dtype: torch.dtype):
@@ -90,8 +110,11 @@ class Animator:
             model = SigmaDiT(cfg.model)
             cfg.noise_scheduler_kwargs = cfg.noise_scheduler_kwargs or NoiseSchedulerConfig()
         model = model.to(device, dtype).eval().requires_grad_(False)
+        if cfg.fp8:
+            converted = convert_to_fp8(model.blocks)
+            logger.info("fp8: %d linear layers of the denoiser's blocks run as e4m3 matmuls", converted)
         if cfg.compile:
-            model.compile_model(cudagraphs=False)  # each call, 16 frames per branch, is long enough to hide its launches
+            model.compile_blocks()
         codec = build_codec(cfg.model.codec).to(device, dtype)
         audio_encoder = WhisperAudioEncoder(cfg.model.audio_encoder).to(device, dtype)
         return cls(model, codec, audio_encoder, build_face_analyser(cfg.face_backend), cfg, device, dtype)
@@ -138,7 +161,7 @@ class Animator:
     def animate(self, source, driver: Optional[str] = None, audio: Optional[str] = None, mode: Optional[str] = None,
                 limit: Optional[float] = None, seed: Optional[int] = None, crop: bool = True,
                 progress: bool = True, callback: Optional[Callable[[int, int], None]] = None,
-                rank: int = 0, world_size: int = 1, all_reduce=None) -> Animation:
+                dist: Distributed = Distributed()) -> Animation:
         """Animate `source` with a driver video and/or an audio file. `mode` None: mixed when there is audio."""
         cfg, timings = self.cfg, {}
         limit = cfg.limit if limit is None else limit
@@ -180,13 +203,13 @@ class Animator:
                                      num_features(len(speech)), self.model.config.audio_window)
                 audio_windows = gather_windows(features, idx).to(self.dtype)  # (1, T, W, L+1, d)
 
-        with self._timer(timings, "reference"):
+        with self._timer(timings, "reference"), torch.no_grad():
             ref_latent = self.codec.encode(_to_tensor(source_crop[None], self.device, self.dtype))
-            reference_kv = self.model.encode_reference(ref_latent)
+            conditions = Conditions(self.model.encode_reference(ref_latent), self.model.encode_context(),
+                                    control_latents, audio_windows)
 
         with self._timer(timings, "denoising"):
-            latents = self._denoise(num_frames, ref_latent.shape[-2:], reference_kv, control_latents, audio_windows,
-                                    use_audio, use_visual, seed, progress, callback, rank, world_size, all_reduce)
+            latents = self._denoise(num_frames, ref_latent.shape[-2:], conditions, seed, progress, callback, dist)
         with self._timer(timings, "vae_decoding"):
             video = self.codec.decode_video(latents.to(self.dtype))  # (1, 3, T, S, S)
             frames = ((video[0].permute(1, 2, 3, 0).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
@@ -194,21 +217,23 @@ class Animator:
                          driver=clip.frames if clip is not None else None, timings=timings)
 
     @torch.no_grad()
-    def _denoise(self, num_frames, latent_hw, reference_kv, control, audio, use_audio, use_visual, seed,
-                 progress, callback, rank, world_size, all_reduce) -> torch.Tensor:
-        cfg, g = self.cfg, cfg_guidance(self.cfg)
-        branches = guidance_branches(use_audio, use_visual, g["audio_scale"], g["visual_scale"])
-        n = len(branches)
-        audio_amp = torch.tensor([g["audio_amplitude"] if b.audio else 0.0 for b in branches], device=self.device)
-        visual_amp = torch.tensor([g["visual_amplitude"] if b.visual else 0.0 for b in branches], device=self.device)
+    def _denoise(self, num_frames: int, latent_hw: Tuple[int, int], cond: Conditions, seed: Optional[int],
+                 progress: bool, callback, dist: Distributed) -> torch.Tensor:
+        """Sample the latent video (1, C, T, h, w): windows of frames, the guidance passes batched per window."""
+        cfg, knobs = self.cfg, guidance_knobs(self.cfg)
+        schedule = GuidanceSchedule(cond.use_audio, cond.use_visual, knobs["audio_scale"], knobs["visual_scale"],
+                                    cfg.guidance.interval, cfg.noise_scheduler_kwargs.num_train_timesteps)
 
         def model_fn(window: torch.Tensor, t: torch.Tensor, frames: range) -> torch.Tensor:
-            sl = slice(frames.start, frames.stop)
+            branches = schedule.branches(t)
+            n, sl = len(branches), slice(frames.start, frames.stop)
+            audio_amp, visual_amp = branch_amplitudes(branches, knobs, self.device)
             out = self.model(
                 window.to(self.dtype).expand(n, -1, -1, -1, -1), t.expand(n),
-                control=control[:, :, sl].expand(n, -1, -1, -1, -1) if control is not None else None,
-                audio=audio[:, sl].expand(n, -1, -1, -1, -1) if audio is not None else None,
-                reference_kv=reference_kv, audio_amplitude=audio_amp, visual_amplitude=visual_amp,
+                control=cond.control[:, :, sl].expand(n, -1, -1, -1, -1) if cond.use_visual else None,
+                audio=cond.audio[:, sl].expand(n, -1, -1, -1, -1) if cond.use_audio else None,
+                reference_kv=cond.reference_kv, context_kv=cond.context_kv,
+                audio_amplitude=audio_amp, visual_amplitude=visual_amp,
             )
             return combine(out.float(), branches)
 
@@ -216,8 +241,7 @@ class Animator:
         noise = torch.randn((1, self.model.config.in_channels, num_frames, *latent_hw), generator=generator,
                             device=self.device)
         scheduler = sampling_scheduler(cfg.scheduler, cfg.noise_scheduler_kwargs)
-        return sample_video(model_fn, noise, scheduler, cfg.num_inference_steps, cfg.context.context_frames,
-                            cfg.context.context_overlap, rank=rank, world_size=world_size, all_reduce=all_reduce,
+        return sample_video(model_fn, noise, scheduler, cfg.num_inference_steps, cfg.context, dist,
                             progress=progress, callback=callback)
 
     # ------------------------------------------------------------------ helpers
@@ -265,7 +289,7 @@ def checkpoint_schedule(checkpoint: str, asked: Optional[NoiseSchedulerConfig]) 
     return asked
 
 
-def cfg_guidance(cfg: InferenceConfig) -> Dict[str, float]:
+def guidance_knobs(cfg: InferenceConfig) -> Dict[str, float]:
     """The four knobs; audio/visual scales default to the single guidance_scale."""
     g = cfg.guidance
     return {
@@ -275,10 +299,17 @@ def cfg_guidance(cfg: InferenceConfig) -> Dict[str, float]:
     }
 
 
+def branch_amplitudes(branches: List[Branch], knobs: Dict[str, float], device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per guidance pass (n,), the audio and visual amplitudes: the knob where the pass has that condition, else 0."""
+    audio = torch.tensor([knobs["audio_amplitude"] if b.audio else 0.0 for b in branches], device=device)
+    visual = torch.tensor([knobs["visual_amplitude"] if b.visual else 0.0 for b in branches], device=device)
+    return audio, visual
+
+
 def _to_tensor(images: np.ndarray, device, dtype) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
     return (x.to(dtype) / 127.5 - 1.0)
 
 
-__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance", "checkpoint_schedule"]
+__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "guidance_knobs", "checkpoint_schedule"]

@@ -113,6 +113,7 @@ class NoiseSchedulerConfig:
 class ContextConfig:
     context_frames: int = 16
     context_overlap: int = 4
+    layout: str = "fewest"  # "fewest" windows that cover the video, or "shifted" (diffusion/context.py)
 
 
 # --------------------------------------------------------------------------- data
@@ -153,6 +154,9 @@ class GuidanceConfig:
     visual_scale: Optional[float] = None
     audio_amplitude: float = 1.0
     visual_amplitude: float = 1.0
+    # [lo, hi]: the guidance passes run only at noise levels t / num_train_timesteps within it, one conditioned
+    # pass elsewhere (diffusion/guidance.py); None: at every step
+    interval: Optional[List[float]] = None
 
 
 @dataclass
@@ -186,6 +190,7 @@ class InferenceConfig:
     seed: int = 42
     limit: Optional[float] = None  # seconds of driver; None = all of it
     dtype: str = "bf16"  # on CUDA; CPU runs in float32
+    fp8: bool = False  # the denoiser blocks' linear layers as float8 e4m3 matmuls (models/fp8.py)
     compile: bool = False
     face_backend: str = "mediapipe"
     grid: bool = False
@@ -353,6 +358,11 @@ def validate(cfg: Any, where: str) -> None:
             raise ConfigError(
                 f"{where}: context.context_overlap={c.context_overlap} must be in [0, context.context_frames)"
             )
+        _check_choice(where, "context.layout", c.layout, ["fewest", "shifted"])
+        interval = cfg.guidance.interval
+        if interval is not None and (len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0):
+            raise ConfigError(f"{where}: guidance.interval={list(interval)} must be [lo, hi] with "
+                              "0 <= lo <= hi <= 1 (noise levels as fractions of the training schedule)")
         n = len(cfg.source_image)
         if len(cfg.video_path) not in (0, n) or len(cfg.audio_path) not in (0, n):
             raise ConfigError(

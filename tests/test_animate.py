@@ -222,3 +222,36 @@ def test_inference_samples_with_the_schedule_the_checkpoint_was_trained_with(tmp
                             "noise_scheduler_kwargs.prediction_type=epsilon"])
     err = capsys.readouterr().err
     assert code == 2 and "trained with (prediction_type: trained 'v_prediction'" in err and _no_output(tmp_path)
+
+
+def test_guidance_outside_its_interval_runs_the_conditioned_pass_alone(animator, clips):
+    """An interval that holds none of the steps' noise levels gives the unguided (scale 1) video, frame for frame."""
+    drivers, sources = clips
+    g = animator.cfg.guidance
+    kept = (g.guidance_scale, g.interval)
+    try:
+        g.guidance_scale, g.interval = 1.0, None
+        unguided = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
+        g.guidance_scale, g.interval = 3.0, [0.0, 0.0]
+        outside = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
+        g.interval = [0.0, 1.0]
+        inside = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
+    finally:
+        g.guidance_scale, g.interval = kept
+    assert np.array_equal(outside.frames, unguided.frames)
+    assert not np.array_equal(inside.frames, unguided.frames)
+
+
+def test_fp8_animator_runs_the_e4m3_path_close_to_float32(clips):
+    drivers, sources = clips
+    results = []
+    for fp8 in (False, True):
+        cfg = load_config(InferenceConfig, str(ROOT / "configs/inference/tiny/inference.yaml"),
+                          STEPS + [f"fp8={fp8}"])
+        animator = Animator.from_config(cfg, device="cpu")
+        for p in animator.model.parameters():  # no zero-initialised branch left out of the comparison
+            p.data.normal_(std=0.02)
+        results.append(animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False).frames)
+    assert type(animator.model.blocks[0].mlp.fc1).__name__ == "Fp8Linear"
+    diff = np.abs(results[1].astype(float) - results[0].astype(float))
+    assert 0 < diff.mean() < 0.02 * 255  # e4m3 rounding moves pixels, a little

@@ -2,19 +2,22 @@
 import pytest
 import torch
 
-from megactor.config import NoiseSchedulerConfig
-from megactor.diffusion.context import context_windows, window_weights
-from megactor.diffusion.guidance import Branch, combine, guidance_branches
+import math
+
+from megactor.config import ContextConfig, NoiseSchedulerConfig
+from megactor.diffusion.context import LAYOUTS, context_windows, window_weights
+from megactor.diffusion.guidance import Branch, GuidanceSchedule, combine, guidance_branches
 from megactor.diffusion.sampler import sample_video, windowed_prediction
 from megactor.diffusion.schedulers import sampling_scheduler
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("frames,length,overlap", [(5, 8, 2), (8, 8, 2), (9, 8, 2), (40, 16, 4), (250, 8, 2),
-                                                   (33, 16, 0), (17, 16, 15)])
-def test_windows_cover_every_frame_at_every_step_and_weights_sum_to_one(frames, length, overlap):
+                                                   (33, 16, 0), (17, 16, 15), (125, 16, 2), (125, 24, 2)])
+def test_windows_cover_every_frame_at_every_step_and_weights_sum_to_one(frames, length, overlap, layout):
     seams = set()
     for step in range(12):
-        windows = context_windows(frames, length, overlap, step)
+        windows = context_windows(frames, length, overlap, step, layout=layout)
         assert all(len(w) == min(length, frames) for w in windows)
         assert all(0 <= w.start and w.stop <= frames for w in windows)
         covered = sorted({i for w in windows for i in w})
@@ -24,8 +27,41 @@ def test_windows_cover_every_frame_at_every_step_and_weights_sum_to_one(frames, 
         weights = window_weights(windows, frames)
         assert torch.allclose(weights.sum(0), torch.ones(frames))
         seams.add(tuple(w.start for w in windows))
-    if frames >= 2 * length and length - overlap > 2:
+    if layout == "shifted" and frames >= 2 * length and length - overlap > 2:
         assert len(seams) > 1  # the windows move between steps
+
+
+@pytest.mark.parametrize("frames,length,overlap", [(125, 16, 2), (100, 16, 4), (250, 8, 2), (61, 24, 2),
+                                                   (125, 32, 2), (40, 16, 4), (17, 16, 15)])
+def test_fewest_layout_runs_the_fewest_windows_and_moves_its_seams_by_its_slack(frames, length, overlap):
+    fewest = math.ceil((frames - overlap) / (length - overlap))  # n windows overlapping by o cover n*(L-o)+o frames
+    slack = fewest * (length - overlap) + overlap - frames
+    layouts = [context_windows(frames, length, overlap, step) for step in range(25)]
+    assert all(len(w) == fewest for w in layouts)
+    starts = {tuple(w.start for w in windows) for windows in layouts}
+    if fewest > 2:  # the first and last windows sit at the ends; the interior ones move by 0..slack
+        assert len(starts) >= min(slack + 1, 10)
+    shifted = sum(len(context_windows(frames, length, overlap, s, layout="shifted")) for s in range(25)) / 25
+    assert shifted >= fewest
+    if (frames, length, overlap) == (125, 16, 2):  # the xl benchmark's layout: 9.72 windows a step before
+        assert shifted > fewest + 0.5
+
+
+def test_guidance_outside_its_interval_is_the_fully_conditioned_prediction():
+    schedule = GuidanceSchedule(True, True, audio_scale=3.0, visual_scale=1.5, interval=(0.2, 0.7),
+                                num_train_timesteps=1000)
+    assert schedule.branches(500) == guidance_branches(True, True, 3.0, 1.5)
+    assert schedule.branches(700) == schedule.branches(200) == schedule.branches(500)
+    for t in (999, 701, 199, 0):
+        assert schedule.branches(t) == [Branch(True, True, 1.0)]
+        full = torch.randn(1, 4)
+        assert torch.equal(combine(full, schedule.branches(t)), full)
+    # a modality whose scale is 0 stays off outside the interval too
+    audio_only = GuidanceSchedule(True, True, audio_scale=2.0, visual_scale=0.0, interval=(0.3, 0.6))
+    assert audio_only.branches(900) == [Branch(True, False, 1.0)]
+    assert GuidanceSchedule(True, False, 2.0, 2.0).branches(999) == guidance_branches(True, False, 2.0, 2.0)
+    with pytest.raises(ValueError, match="interval"):
+        GuidanceSchedule(True, True, 2.0, 2.0, interval=(0.8, 0.2))
 
 
 def test_guidance_formula_and_branch_batching():
@@ -59,9 +95,12 @@ def test_windowed_sampling_equals_whole_video_sampling_for_a_per_frame_model(nam
         return x * 0.5 + weights * (t / 1000.0)
 
     noise = torch.randn(1, 3, 20, 4, 4)
-    whole = sample_video(model_fn, noise, sampling_scheduler(name, scheduler_cfg), 6, 32, 0, progress=False)
-    windowed = sample_video(model_fn, noise, sampling_scheduler(name, scheduler_cfg), 6, 8, 3, progress=False)
-    assert torch.allclose(whole, windowed, atol=1e-5)
+    whole = sample_video(model_fn, noise, sampling_scheduler(name, scheduler_cfg), 6, ContextConfig(32, 0),
+                         progress=False)
+    for layout in LAYOUTS:
+        windowed = sample_video(model_fn, noise, sampling_scheduler(name, scheduler_cfg), 6,
+                                ContextConfig(8, 3, layout), progress=False)
+        assert torch.allclose(whole, windowed, atol=1e-5)
 
 
 def test_windows_split_across_ranks_sum_to_the_single_process_prediction():

@@ -134,6 +134,34 @@ def test_reference_changes_the_output_and_cached_kv_match_recomputation(loaded):
     assert torch.allclose(shared, repeated, atol=1e-6)
 
 
+def test_cached_context_keys_values_give_the_recomputed_output(loaded):
+    latents, t, control, audio, reference = inputs(loaded.config)
+    with torch.no_grad():
+        context_kv = loaded.encode_context()
+        ref_kv = loaded.encode_reference(reference)
+        cached = loaded(latents, t, control=control, audio=audio, reference_kv=ref_kv, context_kv=context_kv)
+        fresh = loaded(latents, t, control=control, audio=audio, reference_kv=ref_kv)
+        loaded.context.add_(1.0)  # the cache is the context's: another context, another output
+        moved = loaded(latents, t, control=control, audio=audio, reference_kv=ref_kv)
+    assert torch.equal(cached, fresh)
+    assert not torch.allclose(moved, fresh, atol=1e-4)
+
+
+def test_compiled_blocks_match_eager_at_every_batch_of_guidance_passes():
+    """compile_blocks (inference): one graph shared by the blocks, one per input shape, eager's outputs."""
+    model = SigmaDiT(tiny_config(depth=2)).eval()
+    _perturb(model, std=0.05)
+    eager = copy.deepcopy(model)
+    model.compile_blocks()
+    latents, t, control, audio, reference = inputs(model.config)
+    with torch.no_grad():
+        kv, ctx = eager.encode_reference(reference[:1]), eager.encode_context()
+        for n in (2, 1):  # three guidance passes at some steps, one at others
+            args = (latents[:n], t[:n])
+            kw = dict(control=control[:n], audio=audio[:n], reference_kv=kv, context_kv=ctx)
+            assert (model(*args, **kw) - eager(*args, **kw)).abs().max() < 1e-5
+
+
 def test_temporal_layers_mix_frames_only_when_on(loaded):
     for blk in loaded.blocks:
         _perturb(blk.temporal.attn.proj)

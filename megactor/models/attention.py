@@ -138,13 +138,21 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x (B, N, D), context (B or 1, M, C) -> (B, N, D). A context of batch 1 is shared by all rows."""
+    def project_context(self, context: torch.Tensor) -> KV:
+        """context (B or 1, M, C) -> keys, values (B or 1, M, D): computed once where the context is constant."""
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return k, v
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_kv: Optional[KV] = None) -> torch.Tensor:
+        """x (B, N, D) and a context (B or 1, M, C), or its `project_context` -> (B, N, D).
+        A context of batch 1 is shared by all rows."""
         b, n, d = x.shape
-        if context.shape[0] == 1 and not torch.is_grad_enabled():
+        k, v = self.project_context(context) if context_kv is None else context_kv
+        if k.shape[0] == 1 and not torch.is_grad_enabled():
             # all rows' queries as one sequence against the one set of keys: a faster forward, but a slower
             # backward (the keys' gradients would be reduced over all rows' queries by a few thread blocks)
             x = x.reshape(1, b * n, d)
         q = split_heads(self.q(x), self.heads)
-        k, v = (split_heads(t, self.heads).expand(x.shape[0], -1, -1, -1) for t in self.kv(context).chunk(2, dim=-1))
+        k, v = (split_heads(t, self.heads).expand(x.shape[0], -1, -1, -1) for t in (k, v))
         return self.proj(merge_heads(attention(q, k, v))).reshape(b, n, d)

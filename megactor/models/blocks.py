@@ -96,7 +96,7 @@ class SigmaBlock(nn.Module):
         self,
         x: torch.Tensor,  # (B*F, N, D)
         modulation: torch.Tensor,  # (B*F, 6, D): adaLN-single, from the timestep
-        context: torch.Tensor,  # (1, T, D): the learned context, shared by all rows
+        context_kv: KV,  # (1, T, D) each: cross_attn.project_context of the learned context, shared by all rows
         num_frames: int = 1,
         reference_kv: Optional[KV] = None,  # (B or 1, M, D) each: this block's reference keys/values
         audio: Optional[torch.Tensor] = None,  # (B*F, A, D) audio tokens
@@ -116,7 +116,7 @@ class SigmaBlock(nn.Module):
         if self.temporal is not None and use_temporal and num_frames > 1:
             x = self.temporal(x, num_frames)
 
-        x = x + self.cross_attn(x, context)
+        x = x + self.cross_attn(x, context_kv=context_kv)
 
         if self.audio_attn is not None and audio is not None:
             x = x + audio_amplitude * self.audio_attn(self.audio_norm(x), audio)

@@ -99,10 +99,11 @@ class ReferenceNet(nn.Module):
         t = torch.zeros(reference.shape[0], device=reference.device)
         modulation, _ = self.adaln_single(t, batch_size=reference.shape[0], hidden_dtype=x.dtype)
         modulation = modulation.view(x.shape[0], 6, -1)
-        ctx = self.caption_projection(context[None].to(x.dtype))
+        ctx = self.caption_projection(context[None].to(x.dtype))  # (1, T, D)
         kvs = []
         for block in self.blocks:
-            x, kv = _run(block, self.gradient_checkpointing, x, modulation, ctx, return_kv=True)
+            x, kv = _run(block, self.gradient_checkpointing, x, modulation, block.cross_attn.project_context(ctx),
+                         return_kv=True)
             kvs.append(kv)
         return kvs + [self.last_kv(x, modulation)]
 
@@ -176,6 +177,18 @@ class SigmaDiT(nn.Module):
 
         self.forward = forward
 
+    def compile_blocks(self) -> None:
+        """torch.compile the denoiser's blocks for inference: one compiled graph, shared by every block.
+
+        Without an autograd graph to tie the blocks together, one graph per block costs little, and the
+        model compiles in the time of one block instead of compile_model's unrolled whole (minutes at xl),
+        once per input shape: the guidance passes batched, the window length. Shapes stay static.
+        """
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, 64)  # a compiled entry per input shape
+        for block in self.blocks:
+            block.compile(dynamic=False)
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.gradient_checkpointing = self.reference_net.gradient_checkpointing = enabled
 
@@ -183,6 +196,12 @@ class SigmaDiT(nn.Module):
         """Reference latent (B, C, h, w) -> per-block keys/values; compute once, reuse at every step."""
         self._check_spatial("reference", reference.shape[-2:])
         return self.reference_net(reference, self.context)
+
+    def encode_context(self) -> List[KV]:
+        """Per block, the cross-attention keys/values of the learned context, (1, T, D) each. They depend on
+        no input: inference computes them once per run instead of at every call."""
+        context = self.caption_projection(self.context[None])  # (1, T, D)
+        return [block.cross_attn.project_context(context) for block in self.blocks]
 
     def forward(
         self,
@@ -192,6 +211,7 @@ class SigmaDiT(nn.Module):
         audio: Optional[torch.Tensor] = None,  # (B, F, W, L, d) Whisper feature windows
         reference: Optional[torch.Tensor] = None,  # (B, C, h, w) reference latent ...
         reference_kv: Optional[List[KV]] = None,  # ... or its keys/values from encode_reference
+        context_kv: Optional[List[KV]] = None,  # encode_context(), if computed already
         audio_amplitude: Amplitude = 1.0,
         visual_amplitude: Amplitude = 1.0,
         temporal: bool = True,  # False bypasses the temporal layers (image and audio stages)
@@ -210,7 +230,8 @@ class SigmaDiT(nn.Module):
 
         modulation, t_emb = self.adaln_single(timestep, batch_size=b, hidden_dtype=x.dtype)  # (B, 6D), (B, D)
         modulation = expand_batch(modulation.view(b, 6, -1), rows)  # (B*F, 6, D)
-        context = self.caption_projection(self.context[None].to(x.dtype))  # (1, T, D)
+        if context_kv is None:
+            context_kv = self.encode_context()
 
         if reference_kv is None and reference is not None:
             reference_kv = self.encode_reference(reference)
@@ -220,7 +241,7 @@ class SigmaDiT(nn.Module):
             amplitude = expand_batch(_per_sample(audio_amplitude, b, x), rows).view(rows, 1, 1)
 
         for i, block in enumerate(self.blocks):
-            x = _run(block, self.gradient_checkpointing, x, modulation, context, num_frames=f,
+            x = _run(block, self.gradient_checkpointing, x, modulation, context_kv[i], num_frames=f,
                      reference_kv=reference_kv[i] if reference_kv is not None else None,
                      audio=audio_tokens, audio_amplitude=amplitude, use_temporal=temporal)
 

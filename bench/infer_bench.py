@@ -51,7 +51,7 @@ class Variant:
 VARIANTS = [  # the most telling first: a run cut short by a time limit has printed them
     Variant("baseline", {"context.layout": "shifted"}),
     Variant("default", {"guidance.interval": INTERVAL}),  # configs/inference/megactor-sigma/inference.yaml
-    Variant("fast", {"guidance.interval": INTERVAL, "scheduler": "dpmsolver++", "num_inference_steps": 12},
+    Variant("fast", {"guidance.interval": INTERVAL, "scheduler": "dpmsolver++", "num_inference_steps": 10},
             fp8=True),  # configs/inference/megactor-sigma/inference_fast.yaml
     Variant("fp8", {"context.layout": "shifted"}, fp8=True),
     Variant("default + fp8", {"guidance.interval": INTERVAL}, fp8=True),

@@ -111,6 +111,9 @@ class Animator:
             cfg.noise_scheduler_kwargs = cfg.noise_scheduler_kwargs or NoiseSchedulerConfig()
         model = model.to(device, dtype).eval().requires_grad_(False)
         if cfg.fp8:
+            if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+                raise ConfigError(f"fp8=true needs float8 matmuls (compute capability 8.9 or higher: Ada, Hopper); "
+                                  f"{torch.cuda.get_device_name(device)} has none: set fp8=false")
             converted = convert_to_fp8(model.blocks)
             logger.info("fp8: %d linear layers of the denoiser's blocks run as e4m3 matmuls", converted)
         if cfg.compile:

@@ -25,7 +25,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .attention import KV
+from .attention import KV, CrossAttention, SelfAttention, check_backend
 from .audio_encoder import feature_shape, window_size
 from .blocks import FinalLayer, SigmaBlock, expand_batch, modulate
 
@@ -128,6 +128,7 @@ class SigmaDiT(nn.Module):
         self.reference_net = ReferenceNet(cfg)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.initialize_weights()
+        self.set_attention_backend(cfg.attention)
 
     def initialize_weights(self) -> None:
         """PixArt/DiT init for a model trained from scratch; the new branches' outputs start at zero."""
@@ -175,6 +176,16 @@ class SigmaDiT(nn.Module):
             return compiled(*args, **kwargs)
 
         self.forward = forward
+
+    def set_attention_backend(self, name: str) -> None:
+        """The kernel every spatial, reference and cross-attention layer of this model calls: "sdpa" or
+        "xformers" (model.attention). A setting of the model, not of the process, so that training and
+        inference honour their configs alike and two models in one process may differ."""
+        check_backend(name)
+        for m in self.modules():
+            if isinstance(m, (SelfAttention, CrossAttention)):
+                m.backend = name
+        self.config.attention = name
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.gradient_checkpointing = self.reference_net.gradient_checkpointing = enabled

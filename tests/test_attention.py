@@ -107,7 +107,7 @@ def test_triton_frame_attention_kernels_in_the_interpreter():
     pytest.importorskip("triton")
     script = textwrap.dedent("""
         import torch
-        from megactor.models.attention import spelt_frame_attention
+        from megactor.models.attention import torch_frame_attention
         from megactor.models.triton_frame_attention import frame_attention
         torch.manual_seed(0)
         for b, f, n, heads, d in [(2, 5, 3, 2, 72), (1, 20, 2, 2, 24)]:
@@ -115,7 +115,7 @@ def test_triton_frame_attention_kernels_in_the_interpreter():
             grad = torch.randn(b * f, n, heads * d)
             out = frame_attention(qkv, f, heads)
             (fused_grad,) = torch.autograd.grad(out, qkv, grad)
-            want = spelt_frame_attention(qkv, f, heads)
+            want = torch_frame_attention(qkv, f, heads)
             (want_grad,) = torch.autograd.grad(want, qkv, grad)
             torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(fused_grad, want_grad, atol=1e-5, rtol=1e-5)

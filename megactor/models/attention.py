@@ -57,8 +57,9 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v)
 
 
-def spelt_frame_attention(qkv: torch.Tensor, num_frames: int, heads: int) -> torch.Tensor:
-    """triton_frame_attention.frame_attention in torch, on views of the token layout:
+def torch_frame_attention(qkv: torch.Tensor, num_frames: int, heads: int) -> torch.Tensor:
+    """triton_frame_attention.frame_attention in torch (its reference, and the path off CUDA), on views of the
+    token layout:
     qkv (B*F, N, 3*H*d) -> (B*F, N, H*d)."""
     q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=num_frames, h=heads) for t in qkv.chunk(3, dim=-1))
     return rearrange(short_attention(q, k, v), "b n h f d -> (b f) n (h d)")
@@ -127,7 +128,7 @@ class FrameAttention(SelfAttention):
         """x (B*F, N, D) -> (B*F, N, D)."""
         qkv = self.qkv(x)  # (B*F, N, 3D)
         fused = qkv.is_cuda and fused_frame_attention is not None
-        return self.proj((fused_frame_attention if fused else spelt_frame_attention)(qkv, num_frames, self.heads))
+        return self.proj((fused_frame_attention if fused else torch_frame_attention)(qkv, num_frames, self.heads))
 
 
 class CrossAttention(nn.Module):

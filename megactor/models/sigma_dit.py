@@ -160,9 +160,9 @@ class SigmaDiT(nn.Module):
     def compile_model(self, cudagraphs: bool = True) -> None:
         """torch.compile the forward pass, the reference net's included, as one graph (and its backward as one).
 
-        One graph rather than one per block: between per-block graphs the GPU waited on Python and autograd
-        (an xl training step on H200s: 274.6 ms per block, 260.9 as one; README, Benchmarks). The blocks
-        are unrolled, so the first call compiles for a few minutes at xl. Call it with the model on its device.
+        One graph rather than one per block: between per-block graphs the GPU waits on Python and autograd
+        (docs/benchmarks.md, "Model"). The blocks are unrolled, so the first call compiles for a few minutes
+        at xl. Call it with the model on its device.
         cudagraphs: also replay the graphs as CUDA graphs ("reduce-overhead"), so that the CPU's kernel
         launches stop setting the pace; each call then starts a new step, whose outputs overwrite the
         last call's. Left out off CUDA and under gradient checkpointing.

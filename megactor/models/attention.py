@@ -121,7 +121,7 @@ class FrameAttention(SelfAttention):
     """Self-attention across frames: each token attends to the tokens at its position in its sample's frames.
 
     Tokens stay laid out (B*F, N, D) as the spatial layers have them. On CUDA the attention is one
-    Triton kernel on that layout (triton_frame_attention); elsewhere it is spelt out on views of it.
+    Triton kernel on that layout (triton_frame_attention); elsewhere torch_frame_attention, on views of it.
     """
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from megactor.models.attention import CrossAttention, FrameAttention
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _randomise(module: torch.nn.Module) -> torch.nn.Module:
@@ -151,7 +154,7 @@ def test_the_attention_backend_is_the_models_own_setting_in_training_and_inferen
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("xformers") is not None, reason="xformers is installed")
-def test_asking_for_xformers_without_it_fails_when_the_model_is_built(tmp_path):
+def test_asking_for_xformers_without_it_fails_when_the_model_is_built(tmp_path, capsys):
     from conftest import tiny_config
 
     from megactor.animate import Animator
@@ -164,3 +167,10 @@ def test_asking_for_xformers_without_it_fails_when_the_model_is_built(tmp_path):
     with pytest.raises(ImportError, match="model.attention=xformers"):
         Animator.from_config(InferenceConfig(checkpoint=str(tmp_path / "ckpt"), model=tiny_config(attention="xformers")),
                              device="cpu")
+    sys.path.insert(0, str(ROOT))
+    import eval_audio
+
+    code = eval_audio.main(["--config", str(ROOT / "configs/inference/tiny/inference.yaml"), "--source", "s.png",
+                            "--driver", "d.mp4", "--output-path", str(tmp_path / "o.mp4"), "checkpoint=",
+                            "model.attention=xformers"])
+    assert code == 2 and "model.attention=xformers needs the xformers package" in capsys.readouterr().err

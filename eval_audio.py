@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     rank = dist.rank
     try:
         animator = Animator.from_config(cfg, device=device)
-    except (ConfigError, OSError) as e:  # a checkpoint that is missing, unreadable or trained on another schedule
+    except (ConfigError, OSError, ImportError) as e:  # a bad checkpoint, or a kernel whose package is missing
         print(f"error: {e}", file=sys.stderr)
         return 2
     mode = "visual" if args.no_audio else "audio" if args.no_visual else None

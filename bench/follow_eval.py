@@ -31,7 +31,7 @@ from megactor.config import InferenceConfig, load_config
 from megactor.data.control import clip_alignment, similarity_transform, transform_points, warp_frames
 from megactor.data.face import landmark_layout, mouth_box
 from megactor.data.video_io import read_video
-from megactor.training.validation import grid_png
+from megactor.visualisation import grid_png
 
 MODES = ("visual", "audio")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The single-GPU figures of the README in one go (bench/multi_gpu.sh has the 1 -> 2 GPU scaling):
+# The single-GPU figures of docs/benchmarks.md in one go (bench/multi_gpu.sh has the 1 -> 2 GPU scaling):
 #   bench/infer_bench.py (xl, 5 s driver), bench/train_bench.py (xl stage 3), bench/model_bench.py without its
 #   PixArt reference point (run that on its own: several minutes), then synthetic clips -> curation -> the small
 #   preset's stage 1 trained for SMALL_MINUTES (its TensorBoard events: $OUT_DIR/small.tfevents).

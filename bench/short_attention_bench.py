@@ -1,8 +1,8 @@
 """Attention over few keys (the temporal layers' 16 frames, the audio's 32 tokens, the context's 120):
 fused SDPA kernels against explicit matmul-softmax-matmul, eager and compiled, forward+backward of the
 whole module (norm, projections, attention) at the xl model's shapes. For the temporal layer also the
-model's own (blocks.TemporalAttention), spelt out on the token layout and with the Triton kernel of
-triton_frame_attention at each of --warps.
+model's own (blocks.TemporalAttention), in torch on the token layout (attention.torch_frame_attention)
+and with the Triton kernel of triton_frame_attention at each of --warps.
 
     python bench/short_attention_bench.py [--batch 1] [--warps 1,2,4]
 """
@@ -42,8 +42,8 @@ class Temporal(nn.Module):
 
 def model_temporal(dim, heads, impl):
     """The model's own layer (blocks.TemporalAttention: FrameAttention on the token layout), output projection
-    randomised out of its zero init; impl "spelt out" or "Triton, N warps"."""
-    attention.fused_frame_attention = None if impl == "spelt out" else triton_frame_attention.frame_attention
+    randomised out of its zero init; impl "torch" or "Triton, N warps"."""
+    attention.fused_frame_attention = None if impl == "torch" else triton_frame_attention.frame_attention
     if impl.startswith("Triton"):
         triton_frame_attention.NUM_WARPS = int(impl.split()[1])
     m = TemporalAttention(dim, heads, max_frames=64)
@@ -77,7 +77,7 @@ def main():
     rows = args.batch * f
     x = torch.randn(rows, tokens, dim, device=dev, dtype=torch.bfloat16, requires_grad=True)
     cases = [("temporal", Temporal, impl, lambda m: m(x, f)) for impl in ("sdpa", "math")]
-    impls = ["spelt out"] + [f"Triton, {w} warps" for w in args.warps.split(",")]
+    impls = ["torch"] + [f"Triton, {w} warps" for w in args.warps.split(",")]
     cases += [("temporal (model)", model_temporal, impl, lambda m: m(x, f)) for impl in impls]
     for name, m_keys in (("audio cross", None), ("context cross", 120)):
         ctx = torch.randn(rows if m_keys is None else 1, 32 if m_keys is None else m_keys, dim, device=dev,

@@ -100,7 +100,7 @@ class Animator:
         if device.type == "cpu":
             dtype = torch.float32
         if cfg.checkpoint:
-            model = from_pretrained(cfg.checkpoint)
+            model = from_pretrained(cfg.checkpoint, attention=cfg.model.attention)  # the kernel is this run's choice
             cfg.model = model.config
             cfg.noise_scheduler_kwargs = checkpoint_schedule(cfg.checkpoint, cfg.noise_scheduler_kwargs)
         else:

@@ -6,7 +6,9 @@ the wrong type fails at load time with a ``ConfigError`` that names the key and
 where it came from (the file or the command line).
 
 The ``model`` section starts from a named preset (``model.preset``), so a config
-only lists what it changes.
+only lists what it changes. A file may also name another in ``base:`` (a path
+relative to itself): that file is read first, and this one changes its keys, so
+a preset's three stage configs share one ``base.yaml``.
 """
 from __future__ import annotations
 
@@ -261,21 +263,43 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
         raise ConfigError(f"{where}: bad key '{key}': {reason}") from None
 
 
+BASE_KEY = "base"  # a config file's parent: a path relative to the file, whose keys this file changes
+
+
+def _read_yaml(path: str, included_by: Sequence[str] = ()) -> list:
+    """``path`` and the chain of ``base:`` files under it -> [(file, its keys)], the root base first.
+
+    A relative ``base`` is resolved against the including file's folder; a file that includes
+    itself, directly or through others, is an error naming the cycle.
+    """
+    real = os.path.realpath(path)
+    if real in included_by:
+        chain = " -> ".join([*included_by[included_by.index(real):], real])
+        raise ConfigError(f"{path}: `{BASE_KEY}:` includes form a cycle: {chain}")
+    if not os.path.isfile(path):
+        where = f" (the `{BASE_KEY}:` of {included_by[-1]})" if included_by else ""
+        raise ConfigError(f"config file not found: {path}{where}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = cfg.pop(BASE_KEY, None)
+    if base is None:
+        return [(path, cfg)]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: `{BASE_KEY}:` must be the path of another config file, got {base!r}")
+    return _read_yaml(os.path.join(os.path.dirname(path), base), [*included_by, real]) + [(path, cfg)]
+
+
 def load_config(schema_cls, path: Optional[str] = None, overrides: Sequence[str] = ()) -> Any:
-    """Load ``path`` (YAML) onto ``schema_cls``, then ``key=value`` overrides; return the dataclass.
+    """Load ``path`` (YAML, and the files its ``base:`` keys name) onto ``schema_cls``, then ``key=value``
+    overrides; return the dataclass.
 
     Raises ``ConfigError`` naming the file (or "command line") and the key at fault.
     """
-    file_cfg = OmegaConf.create()
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as e:  # yaml.YAMLError and friends
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(file_cfg, DictConfig):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    layers = _read_yaml(path) if path is not None else []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command line: override {item!r} is not of the form key=value")
@@ -284,9 +308,11 @@ def load_config(schema_cls, path: Optional[str] = None, overrides: Sequence[str]
     except OmegaConfBaseException as e:
         raise ConfigError(f"command line: {e}") from None
 
-    preset = OmegaConf.select(cli_cfg, "model.preset") or OmegaConf.select(file_cfg, "model.preset") or "tiny"
+    presets = [OmegaConf.select(c, "model.preset") for c in [*(c for _, c in layers), cli_cfg]]
+    preset = next((p for p in reversed(presets) if p), "tiny")
     cfg = _schema_with_preset(schema_cls, preset, path or "command line")
-    cfg = _merge(cfg, file_cfg, path or "config")
+    for file, file_cfg in layers:
+        cfg = _merge(cfg, file_cfg, file)
     cfg = _merge(cfg, cli_cfg, "command line")
     obj = OmegaConf.to_object(cfg)
     validate(obj, path or "config")

@@ -1,5 +1,7 @@
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,8 @@ import torch
 
 from megactor.config import PRESETS, ModelConfig
 
-TESTCASES = Path(__file__).resolve().parents[1].parent / "shared" / "testcases"
+ROOT = Path(__file__).resolve().parents[1]
+TESTCASES = ROOT.parent / "shared" / "testcases"
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +48,24 @@ def tiny_pixart_dir(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def analyser():
+    """The default face analyser (MediaPipe), one per test module."""
+    from megactor.data.face import build_face_analyser
+
+    with build_face_analyser("mediapipe") as a:
+        yield a
+
+
+def curated_synthetic_shards(root: Path, clips: int, seed: int) -> str:
+    """`clips` synthetic talking heads (2 s, 96 px) through the real curation pipeline: the shards folder."""
+    subprocess.run([sys.executable, "-m", "megactor.data.synthetic", "--out", str(root / "clips"), "--clips", str(clips),
+                    "--seconds", "2", "--size", "96", "--seed", str(seed)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "data_processing" / "curate.py"), "--input-dir", str(root / "clips"),
+                    "--output-dir", str(root / "curated"), "min_face_size=24"], check=True, capture_output=True)
+    return str(root / "curated" / "shards")
 
 
 def artifacts_dir(tmp_path: Path) -> Path:

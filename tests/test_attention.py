@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from megactor.models.attention import CrossAttention, FrameAttention
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _randomise(module: torch.nn.Module) -> torch.nn.Module:
@@ -107,7 +110,7 @@ def test_triton_frame_attention_kernels_in_the_interpreter():
     pytest.importorskip("triton")
     script = textwrap.dedent("""
         import torch
-        from megactor.models.attention import spelt_frame_attention
+        from megactor.models.attention import torch_frame_attention
         from megactor.models.triton_frame_attention import frame_attention
         torch.manual_seed(0)
         for b, f, n, heads, d in [(2, 5, 3, 2, 72), (1, 20, 2, 2, 24)]:
@@ -115,7 +118,7 @@ def test_triton_frame_attention_kernels_in_the_interpreter():
             grad = torch.randn(b * f, n, heads * d)
             out = frame_attention(qkv, f, heads)
             (fused_grad,) = torch.autograd.grad(out, qkv, grad)
-            want = spelt_frame_attention(qkv, f, heads)
+            want = torch_frame_attention(qkv, f, heads)
             (want_grad,) = torch.autograd.grad(want, qkv, grad)
             torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(fused_grad, want_grad, atol=1e-5, rtol=1e-5)
@@ -124,3 +127,50 @@ def test_triton_frame_attention_kernels_in_the_interpreter():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def _backends(model):
+    from megactor.models.attention import SelfAttention
+
+    return {m.backend for m in model.modules() if isinstance(m, (SelfAttention, CrossAttention))}
+
+
+def test_the_attention_backend_is_the_models_own_setting_in_training_and_inference(tmp_path, monkeypatch):
+    """model.attention reaches every attention layer of the model it configures, and of no other model;
+    a checkpoint loaded for inference takes the inference config's choice, not the training run's."""
+    from conftest import tiny_config
+
+    from megactor.animate import Animator
+    from megactor.config import InferenceConfig
+    from megactor.models import SigmaDiT, save_pretrained, sigma_dit
+
+    monkeypatch.setattr(sigma_dit, "check_backend", lambda name: name)  # as if xformers were installed
+    chosen, default = SigmaDiT(tiny_config(attention="xformers")), SigmaDiT(tiny_config())
+    assert _backends(chosen) == {"xformers"} and _backends(default) == {"sdpa"}
+    save_pretrained(default, tmp_path / "ckpt")  # trained with sdpa
+    cfg = InferenceConfig(checkpoint=str(tmp_path / "ckpt"), model=tiny_config(attention="xformers"))
+    animator = Animator.from_config(cfg, device="cpu")
+    assert _backends(animator.model) == {"xformers"} and animator.model.config.attention == "xformers"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("xformers") is not None, reason="xformers is installed")
+def test_asking_for_xformers_without_it_fails_when_the_model_is_built(tmp_path, capsys):
+    from conftest import tiny_config
+
+    from megactor.animate import Animator
+    from megactor.config import InferenceConfig
+    from megactor.models import SigmaDiT, save_pretrained
+
+    with pytest.raises(ImportError, match="model.attention=xformers"):
+        SigmaDiT(tiny_config(attention="xformers"))
+    save_pretrained(SigmaDiT(tiny_config()), tmp_path / "ckpt")
+    with pytest.raises(ImportError, match="model.attention=xformers"):
+        Animator.from_config(InferenceConfig(checkpoint=str(tmp_path / "ckpt"), model=tiny_config(attention="xformers")),
+                             device="cpu")
+    sys.path.insert(0, str(ROOT))
+    import eval_audio
+
+    code = eval_audio.main(["--config", str(ROOT / "configs/inference/tiny/inference.yaml"), "--source", "s.png",
+                            "--driver", "d.mp4", "--output-path", str(tmp_path / "o.mp4"), "checkpoint=",
+                            "model.attention=xformers"])
+    assert code == 2 and "model.attention=xformers needs the xformers package" in capsys.readouterr().err

@@ -46,3 +46,53 @@ def test_value_checks(tmp_path):
         load_config(TrainConfig, str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="key=value"):
         load_config(TrainConfig, None, ["stage"])
+
+
+def test_base_key_inherits_a_file_relative_to_the_including_one(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "root.yaml").write_text("model:\n  preset: small\nlearning_rate: 1.0e-4\n"
+                                                   "train_data:\n  video_length: 8\n  sample_size: 128\n")
+    (tmp_path / "presets" / "mid.yaml").write_text("base: root.yaml\nlearning_rate: 2.0e-4\ntrainable_modules: [audio]\n")
+    child = write(tmp_path, "base: presets/mid.yaml\ntrain_data:\n  video_length: 16\n"
+                            "trainable_modules: [temporal, audio]\n")
+    cfg = load_config(TrainConfig, child, ["train_batch_size=3"])
+    assert cfg.model.width == 384  # the preset named in the root base
+    assert (cfg.learning_rate, cfg.train_data.video_length, cfg.train_data.sample_size) == (2e-4, 16, 128)
+    assert cfg.trainable_modules == ["temporal", "audio"] and cfg.train_batch_size == 3  # lists are replaced
+
+
+def test_base_errors_name_the_file_at_fault(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(TrainConfig, str(tmp_path / "a.yaml"))
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(TrainConfig, str(tmp_path / "self.yaml"))
+    missing = write(tmp_path, "base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=rf"nowhere\.yaml \(the `base:` of .*cfg\.yaml\)"):
+        load_config(TrainConfig, missing)
+    (tmp_path / "bad.yaml").write_text("train_data:\n  video_lenght: 3\n")
+    child = write(tmp_path, "base: bad.yaml\nlearning_rate: 1.0\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: bad key 'train_data\.video_lenght'"):
+        load_config(TrainConfig, child)
+
+
+def test_every_presets_stages_share_one_base():
+    """Each stage config inherits its preset's base.yaml and restates none of its values."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "train"
+    for preset in ("tiny", "small", "megactor-sigma"):
+        base = yaml.safe_load((root / preset / "base.yaml").read_text())
+        for stage in (1, 2, 3):
+            path = root / preset / f"train_stage{stage}.yaml"
+            own = yaml.safe_load(path.read_text())
+            assert own.pop("base") == "base.yaml", path
+            repeated = [k for k in own if not isinstance(base.get(k), dict) and base.get(k, object()) == own[k]]
+            repeated += [f"{k}.{j}" for k in own if isinstance(base.get(k), dict)
+                         for j in own[k] if base[k].get(j, object()) == own[k][j]]
+            assert not repeated, f"{path} restates {repeated}"
+            assert load_config(TrainConfig, str(path)).stage == stage

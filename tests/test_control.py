@@ -1,6 +1,4 @@
 """Control frames and the source crop on the real clips and portraits."""
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,21 +8,9 @@ from megactor.data import control as C
 from megactor.data import face as F
 from megactor.data.video_io import read_video
 
-from conftest import TESTCASES  # the real clips; tests that need them skip (via its fixture) without them
+from conftest import TESTCASES, artifacts_dir  # the real clips; tests that need them skip (via its fixture) without them
 CLIPS = sorted((TESTCASES / "driver").glob("*.mp4"))
 SIZE = 256
-
-
-def artifacts_dir(tmp_path: Path) -> Path:
-    out = Path(os.environ.get("MEGACTOR_TEST_ARTIFACTS", tmp_path))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def analyser():
-    with F.build_face_analyser("mediapipe") as a:
-        yield a
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from megactor.data.video_io import read_video
 from megactor.models import SigmaDiT, save_pretrained
 
+from conftest import curated_synthetic_shards
+
 ROOT = Path(__file__).resolve().parents[1]
 # accelerate's --cpu launcher runs one process without MPI; its torchrun launcher (--multi_gpu) runs
 # several, and on a machine without GPUs the trainer's Accelerator(cpu=True) joins them over gloo.
@@ -21,12 +23,7 @@ LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    subprocess.run([sys.executable, "-m", "megactor.data.synthetic", "--out", str(root / "clips"), "--clips", "4",
-                    "--seconds", "2", "--size", "96", "--seed", "2"], check=True, capture_output=True)
-    subprocess.run([sys.executable, str(ROOT / "data_processing" / "curate.py"), "--input-dir", str(root / "clips"),
-                    "--output-dir", str(root / "curated"), "min_face_size=24"], check=True, capture_output=True)
-    return str(root / "curated" / "shards")
+    return curated_synthetic_shards(tmp_path_factory.mktemp("synthetic"), clips=4, seed=2)
 
 
 def _run(args, cwd):

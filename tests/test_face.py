@@ -1,5 +1,4 @@
 """Face analysis on the real test clips and portraits, and the landmark measures."""
-import os
 import sys
 import types
 from pathlib import Path
@@ -12,25 +11,13 @@ from scipy.spatial.transform import Rotation
 from megactor.data import face as F
 from megactor.data.video_io import read_video
 
-from conftest import TESTCASES  # the real clips; tests that need them skip (via its fixture) without them
+from conftest import TESTCASES, artifacts_dir  # the real clips; tests that need them skip (via its fixture) without them
 CLIPS = sorted((TESTCASES / "driver").glob("*.mp4"))
 PORTRAITS = sorted((TESTCASES / "source").glob("*.png"))
 
 
-def artifacts_dir(tmp_path: Path) -> Path:
-    out = Path(os.environ.get("MEGACTOR_TEST_ARTIFACTS", tmp_path))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def read_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(cv2.imread(str(path))[..., ::-1])
-
-
-@pytest.fixture(scope="module")
-def analyser():
-    with F.build_face_analyser("mediapipe") as a:
-        yield a
 
 
 @pytest.fixture(scope="module")

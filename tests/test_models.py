@@ -62,15 +62,14 @@ def test_reference_net_starts_as_a_copy_of_the_backbone(loaded):
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_every_trainable_parameter_takes_part_in_its_stage(stage):
     """DistributedDataParallel (find_unused_parameters off) needs a gradient for every trainable parameter."""
-    import yaml
-
+    from megactor.config import TrainConfig, load_config
     from megactor.training.stages import select_trainable, uses_audio, uses_temporal
 
     model = SigmaDiT(tiny_config())
     for p in model.parameters():  # no zero-initialised layer blocking the gradient
         p.data.normal_(std=0.05)
     config = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny" / f"train_stage{stage}.yaml"
-    groups = yaml.safe_load(config.read_text())["trainable_modules"]
+    groups = load_config(TrainConfig, str(config)).trainable_modules
     select_trainable(model, groups, stage)
     latents, t, control, audio, reference = inputs(model.config, frames=1 if stage == 1 else F)
     out = model(latents, t, control=control, audio=audio if uses_audio(stage) else None, reference=reference,

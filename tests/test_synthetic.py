@@ -17,12 +17,6 @@ FPS = 25
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def analyser():
-    with F.build_face_analyser("mediapipe") as a:
-        yield a
-
-
 def frame_rms(audio: np.ndarray, fps: float = FPS) -> np.ndarray:
     """librosa RMS with one value per video frame, centred on the frame's time."""
     hop = int(round(AUDIO_RATE / fps))

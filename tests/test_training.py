@@ -15,6 +15,8 @@ from megactor.data.dataset import ClipDataset, collate_clips
 from megactor.models import load_noise_schedule
 from megactor.training.trainer import Trainer
 
+from conftest import curated_synthetic_shards
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "train" / "tiny"
 FAST = ["train_data.num_workers=0", "log_every=5", "lr_warmup_steps=2", "init_checkpoint=null"]
@@ -24,14 +26,9 @@ FAST = ["train_data.num_workers=0", "log_every=5", "lr_warmup_steps=2", "init_ch
 def shards(tmp_path_factory):
     """Synthetic talking heads through the real curation pipeline."""
 
-    root = tmp_path_factory.mktemp("synthetic")
-    subprocess.run([sys.executable, "-m", "megactor.data.synthetic", "--out", str(root / "clips"), "--clips", "6",
-                    "--seconds", "2", "--size", "96", "--seed", "1"], check=True, capture_output=True)
-    subprocess.run([sys.executable, str(ROOT / "data_processing" / "curate.py"), "--input-dir", str(root / "clips"),
-                    "--output-dir", str(root / "curated"), "min_face_size=24"], check=True, capture_output=True)
-    folder = root / "curated" / "shards"
-    assert any(folder.glob("*.tar"))
-    return str(folder)
+    folder = curated_synthetic_shards(tmp_path_factory.mktemp("synthetic"), clips=6, seed=1)
+    assert any(Path(folder).glob("*.tar"))
+    return folder
 
 
 def config(stage: int, shards: str, out: Path, *overrides: str) -> TrainConfig:

@@ -28,7 +28,7 @@ import av
 import numpy as np
 import webdataset as wds
 
-from megactor.data.video_io import AUDIO_RATE, MediaError, _decode_audio
+from megactor.data.video_io import AUDIO_RATE, MediaError, decode_audio_stream
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -215,6 +215,6 @@ def decode_audio(data: bytes, name: str, sample_rate: int = AUDIO_RATE) -> np.nd
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.audio:
                 raise MediaError(f"{name}: has no audio track")
-            return _decode_audio(container, sample_rate, None).astype(np.float32)
+            return decode_audio_stream(container, sample_rate).astype(np.float32)
     except av.FFmpegError as e:
         raise MediaError(f"{name}: audio could not be decoded ({e})") from None

@@ -66,7 +66,11 @@ def probe(path: str) -> dict:
     return info
 
 
-def _decode_audio(container, sample_rate: int, max_seconds: Optional[float]) -> np.ndarray:
+def decode_audio_stream(container, sample_rate: int = AUDIO_RATE, max_seconds: Optional[float] = None) -> np.ndarray:
+    """An open PyAV container's first audio track -> (S,) mono at `sample_rate` (its first `max_seconds`).
+
+    For callers that open the media themselves (in-memory shard samples); files go through read_audio.
+    """
     stream = container.streams.audio[0]
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     chunks, total = [], 0
@@ -90,7 +94,7 @@ def read_audio(path: str, sample_rate: int = AUDIO_RATE, max_seconds: Optional[f
         if not c.streams.audio:
             raise MediaError(f"{path}: has no audio track")
         try:
-            return _decode_audio(c, sample_rate, max_seconds).astype(np.float32)
+            return decode_audio_stream(c, sample_rate, max_seconds).astype(np.float32)
         except av.FFmpegError as e:
             raise MediaError(f"{path}: audio could not be decoded ({e})") from None
 

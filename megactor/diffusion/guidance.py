@@ -1,4 +1,4 @@
-"""Multi-modal guidance ("amplitude adjustment", DESIGN.md).
+"""Multi-modal guidance ("amplitude adjustment" in the paper; README "Inference").
 
 With per-modality scales s_a, s_v the prediction is
 

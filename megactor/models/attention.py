@@ -21,25 +21,24 @@ except ImportError:  # torch builds without Triton (CPU-only)
 
 KV = Tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, M, heads*head_dim) each, in the token layout
 
-_BACKEND = "sdpa"
+BACKENDS = ("sdpa", "xformers")
 
 
-def set_attention_backend(name: str) -> None:
-    """"sdpa" (default) or "xformers"; the latter fails here, not mid-forward, when xformers is missing."""
-    global _BACKEND
+def check_backend(name: str) -> str:
+    """`name` if it is a backend this process can run; fails here, not mid-forward, when xformers is missing."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}: use one of {BACKENDS}")
     if name == "xformers":
         try:
             import xformers.ops  # noqa: F401
         except ImportError as e:
             raise ImportError("model.attention=xformers needs the xformers package (pip install '.[xformers]')") from e
-    elif name != "sdpa":
-        raise ValueError(f"unknown attention backend {name!r}: use 'sdpa' or 'xformers'")
-    _BACKEND = name
+    return name
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(B, H, N, d), (B, H, M, d), (B, H, M, d) -> (B, H, N, d)."""
-    if _BACKEND == "xformers" and q.is_cuda:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+    """(B, H, N, d), (B, H, M, d), (B, H, M, d) -> (B, H, N, d). xformers runs on CUDA only; elsewhere sdpa."""
+    if backend == "xformers" and q.is_cuda:
         import xformers.ops as xops
 
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -58,8 +57,9 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v)
 
 
-def spelt_frame_attention(qkv: torch.Tensor, num_frames: int, heads: int) -> torch.Tensor:
-    """triton_frame_attention.frame_attention in torch, on views of the token layout:
+def torch_frame_attention(qkv: torch.Tensor, num_frames: int, heads: int) -> torch.Tensor:
+    """triton_frame_attention.frame_attention in torch (its reference, and the path off CUDA), on views of the
+    token layout:
     qkv (B*F, N, 3*H*d) -> (B*F, N, H*d)."""
     q, k, v = (rearrange(t, "(b f) n (h d) -> b n h f d", f=num_frames, h=heads) for t in qkv.chunk(3, dim=-1))
     return rearrange(short_attention(q, k, v), "b n h f d -> (b f) n (h d)")
@@ -94,8 +94,11 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 
     `extra_kv` appends keys/values from elsewhere (the reference image's tokens) to
-    this layer's own, so every query also attends to them.
+    this layer's own, so every query also attends to them. `backend` is set by the model that holds
+    the layer (SigmaDiT.set_attention_backend).
     """
+
+    backend = "sdpa"
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -109,7 +112,7 @@ class SelfAttention(nn.Module):
         own_kv = (k, v)
         if extra_kv is not None:
             k, v = append_tokens(k, extra_kv[0]), append_tokens(v, extra_kv[1])  # (R, N + M, D)
-        out = attention(*(split_heads(t, self.heads) for t in (q, k, v)))  # (R, H, N, d)
+        out = attention(*(split_heads(t, self.heads) for t in (q, k, v)), self.backend)  # (R, H, N, d)
         out = self.proj(merge_heads(out))
         return (out, own_kv) if return_kv else out
 
@@ -118,18 +121,20 @@ class FrameAttention(SelfAttention):
     """Self-attention across frames: each token attends to the tokens at its position in its sample's frames.
 
     Tokens stay laid out (B*F, N, D) as the spatial layers have them. On CUDA the attention is one
-    Triton kernel on that layout (triton_frame_attention); elsewhere it is spelt out on views of it.
+    Triton kernel on that layout (triton_frame_attention); elsewhere torch_frame_attention, on views of it.
     """
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """x (B*F, N, D) -> (B*F, N, D)."""
         qkv = self.qkv(x)  # (B*F, N, 3D)
         fused = qkv.is_cuda and fused_frame_attention is not None
-        return self.proj((fused_frame_attention if fused else spelt_frame_attention)(qkv, num_frames, self.heads))
+        return self.proj((fused_frame_attention if fused else torch_frame_attention)(qkv, num_frames, self.heads))
 
 
 class CrossAttention(nn.Module):
     """Queries from `x`, keys/values from a context sequence."""
+
+    backend = "sdpa"
 
     def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None):
         super().__init__()
@@ -155,4 +160,4 @@ class CrossAttention(nn.Module):
             x = x.reshape(1, b * n, d)
         q = split_heads(self.q(x), self.heads)
         k, v = (split_heads(t, self.heads).expand(x.shape[0], -1, -1, -1) for t in (k, v))
-        return self.proj(merge_heads(attention(q, k, v))).reshape(b, n, d)
+        return self.proj(merge_heads(attention(q, k, v, self.backend))).reshape(b, n, d)

@@ -25,7 +25,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .attention import KV
+from .attention import KV, CrossAttention, SelfAttention, check_backend
 from .audio_encoder import feature_shape, window_size
 from .blocks import FinalLayer, SigmaBlock, expand_batch, modulate
 
@@ -129,6 +129,7 @@ class SigmaDiT(nn.Module):
         self.reference_net = ReferenceNet(cfg)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.initialize_weights()
+        self.set_attention_backend(cfg.attention)
 
     def initialize_weights(self) -> None:
         """PixArt/DiT init for a model trained from scratch; the new branches' outputs start at zero."""
@@ -160,9 +161,9 @@ class SigmaDiT(nn.Module):
     def compile_model(self, cudagraphs: bool = True) -> None:
         """torch.compile the forward pass, the reference net's included, as one graph (and its backward as one).
 
-        One graph rather than one per block: between per-block graphs the GPU waited on Python and autograd
-        (an xl training step on H200s: 274.6 ms per block, 260.9 as one; README, Benchmarks). The blocks
-        are unrolled, so the first call compiles for a few minutes at xl. Call it with the model on its device.
+        One graph rather than one per block: between per-block graphs the GPU waits on Python and autograd
+        (docs/benchmarks.md, "Model"). The blocks are unrolled, so the first call compiles for a few minutes
+        at xl. Call it with the model on its device.
         cudagraphs: also replay the graphs as CUDA graphs ("reduce-overhead"), so that the CPU's kernel
         launches stop setting the pace; each call then starts a new step, whose outputs overwrite the
         last call's. Left out off CUDA and under gradient checkpointing.
@@ -188,6 +189,16 @@ class SigmaDiT(nn.Module):
         config.recompile_limit = max(config.recompile_limit, 64)  # a compiled entry per input shape
         for block in self.blocks:
             block.compile(dynamic=False)
+
+    def set_attention_backend(self, name: str) -> None:
+        """The kernel every spatial, reference and cross-attention layer of this model calls: "sdpa" or
+        "xformers" (model.attention). A setting of the model, not of the process, so that training and
+        inference honour their configs alike and two models in one process may differ."""
+        check_backend(name)
+        for m in self.modules():
+            if isinstance(m, (SelfAttention, CrossAttention)):
+                m.backend = name
+        self.config.attention = name
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.gradient_checkpointing = self.reference_net.gradient_checkpointing = enabled

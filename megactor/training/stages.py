@@ -1,7 +1,7 @@
 """The three training stages ("modality decoupling") and which parameters each trains.
 
 | stage | frames | modes (visual / audio / both) | trains (default)                     |
-| 1     | 1      | 1 / 0 / 0                     | backbone, reference_net, control     |
+| 1     | 1      | 1 / 0 / 0                     | backbone, reference_net, patch_embed |
 | 2     | 8      | 0.25 / 0.75 / 0               | audio, backbone  (temporal layers off)|
 | 3     | 16     | 0.3 / 0.5 / 0.2               | temporal                             |
 
@@ -22,7 +22,9 @@ MODULE_GROUPS: Dict[str, str] = {
     "backbone": r"^(patch_embed|adaln_single|caption_projection|final_layer)\.|^context$"
                 r"|^blocks\.\d+\.(attn|cross_attn|mlp)\.|^blocks\.\d+\.scale_shift_table$",
     "reference_net": r"^reference_net\.",
-    "control": r"^patch_embed\.",
+    # the patch embedding, image and control halves: one convolution, so the control half has no parameter
+    # of its own; named in stage 1 for what it adds (the control inputs), though `backbone` includes it
+    "patch_embed": r"^patch_embed\.",
     "audio": r"^audio_proj\.|\.audio_(attn|norm)\.",
     "temporal": r"\.temporal\.",
 }

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, TrainConfig
 from ..data.dataset import ClipDataset, collate_clips
 from ..diffusion.schedulers import schedule_mismatch, training_scheduler, training_target
-from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, save_pretrained, set_attention_backend
+from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, save_pretrained
 from ..models.audio_encoder import gather_windows, num_features, window_indices
 from ..models.loading import WEIGHTS_NAME, load_noise_schedule
 from . import checkpoint as ckpt
@@ -68,7 +68,6 @@ class Trainer:
                                        project_dir=cfg.output_dir, step_scheduler_with_optimizer=False)
         self.device = self.accelerator.device
         set_seed(cfg.seed)  # the same initialisation on every process
-        set_attention_backend(cfg.model.attention)
 
         model = self._build_model(where)
         self.trainable_names = select_trainable(model, cfg.trainable_modules, cfg.stage, where)

@@ -10,15 +10,14 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..animate import Animator
 from ..config import InferenceConfig
 from ..data.face import build_face_analyser
 from ..data.video_io import write_video
 from ..models import WhisperAudioEncoder
+from ..visualisation import grid_png
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +38,6 @@ def _animator(trainer) -> Animator:
             trainer.unwrapped, trainer.codec, audio_encoder, build_face_analyser("mediapipe"),
             inference_config(trainer), trainer.device, next(trainer.unwrapped.parameters()).dtype)
     return trainer._validation_animator
-
-
-def grid_png(path: str, grid: np.ndarray, rows: int = 4) -> None:
-    picks = np.linspace(0, len(grid) - 1, min(rows, len(grid))).round().astype(int)
-    Image.fromarray(np.concatenate([grid[i] for i in picks], axis=0)).save(path)
 
 
 @torch.no_grad()

@@ -189,6 +189,9 @@ class InferenceConfig:
     compile: bool = False
     face_backend: str = "mediapipe"
     grid: bool = False
+    paste_back: bool = True  # the result in the whole source image; False: the square face crop the model animates
+    idle_motion: bool = True  # audio-only driving: blinks and head motion drawn from the source's own face
+    idle_motion_strength: float = 1.0  # scales the idle head motion (0: blinks alone)
 
 
 # --------------------------------------------------------------------------- training
@@ -348,6 +351,7 @@ def validate(cfg: Any, where: str) -> None:
     if isinstance(cfg, InferenceConfig):
         _check_choice(where, "scheduler", cfg.scheduler, ["ddim", "dpmsolver++"])
         _check_choice(where, "dtype", cfg.dtype, ["fp32", "bf16", "fp16"])
+        _check_range(where, "idle_motion_strength", cfg.idle_motion_strength, 0.0, 5.0)
         c = cfg.context
         if not 0 <= c.context_overlap < c.context_frames:
             raise ConfigError(

@@ -50,23 +50,26 @@ def run_cli(tmp_path, *args):
 def test_mixed_mode_writes_the_drivers_frames_fps_and_audio(clips, tmp_path):
     drivers, sources = clips
     out = tmp_path / "out.mp4"
-    assert run_cli(tmp_path, "--source", sources[0], "--driver", drivers[0], "--output-path", str(out), "--grid") == 0
+    assert run_cli(tmp_path, "--source", sources[1], "--driver", drivers[0], "--output-path", str(out), "--grid") == 0
     info, driver = probe(str(out)), probe(drivers[0])
+    assert (info["width"], info["height"]) == (768, 844)  # the source's size: the crops pasted back into it
     assert info["has_audio"]
     assert info["fps"] == driver["fps"]
     assert read_video(str(out), with_audio=False).num_frames == read_video(drivers[0], with_audio=False).num_frames
     assert abs(info["duration"] - driver["duration"]) <= 1 / driver["fps"]
     grid = read_video(str(tmp_path / "out_grid.mp4"), with_audio=False)
-    assert grid.frames.shape[2] == 4 * grid.frames.shape[1]  # source | driver | control | result
+    # source | driver | control | result (64 x 64 each) | pasted (the source's aspect, 64 tall)
+    assert grid.frames.shape[1:3] == (64, 4 * 64 + 58)
 
 
 @pytest.mark.parametrize("mode", ["visual", "audio"])
 def test_single_modality_modes(animator, clips, mode):
     drivers, sources = clips
     result = animator.animate(sources[1], drivers[1], mode=mode, limit=1.0, progress=False)
-    assert result.frames.shape == (30, 64, 64, 3) and result.fps == 30.0
+    assert result.crops.shape == (30, 64, 64, 3) and result.fps == 30.0
+    assert result.frames.shape == (30, 844, 768, 3)  # 10.png's size
     assert result.audio is not None and len(result.audio) == 16000
-    assert (result.control is None) == (mode == "audio")
+    assert result.control is not None  # audio-only: the idle-motion driver's eyes
 
 
 def test_visual_control_shows_the_mouth_only_without_audio(animator, clips):
@@ -86,10 +89,12 @@ def test_unpaired_audio_from_another_file(animator, clips):
 
 def test_ten_second_driver_in_8_frame_windows(animator, long_driver):
     animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 8, 2
+    animator.cfg.paste_back = False
     try:
         result = animator.animate(animator_source(), long_driver, progress=False)
     finally:
         animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 16, 4
+        animator.cfg.paste_back = True
     assert result.frames.shape == (300, 64, 64, 3)
     assert np.isfinite(result.frames).all() and result.frames.std() > 0
 

@@ -38,7 +38,8 @@ def face_mask(landmarks: Optional[np.ndarray], size: int, grow: float = 0.25, fe
         cv2.fillPoly(region, [np.round(hull - 0.5).astype(np.int32)], 1.0, cv2.LINE_AA)
         region *= inner
     # a finite kernel: the blur reaches exactly `radius` pixels, so the mask stays zero at the border
-    return cv2.GaussianBlur(region, (2 * radius + 1, 2 * radius + 1), radius / 2, borderType=cv2.BORDER_CONSTANT)
+    blurred = cv2.GaussianBlur(region, (2 * radius + 1, 2 * radius + 1), radius / 2, borderType=cv2.BORDER_CONSTANT)
+    return np.clip(blurred, 0.0, 1.0)
 
 
 def even_size(height: int, width: int) -> tuple[int, int]:

@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from megactor.config import ConfigError, InferenceConfig, load_config
+from megactor.config import ConfigError, InferenceConfig, load_config, missing_checkpoint
 
 Pair = Tuple[str, Optional[str], Optional[str]]  # source, driver video, audio
 
@@ -115,6 +115,8 @@ def main(argv=None) -> int:
         cfg = load_config(InferenceConfig, args.config, config_overrides(args))
         pairs = list_pairs(args, cfg)
         outputs = [output_file(args.output_path or cfg.output_dir, p, len(pairs) == 1) for p in pairs]
+        if missing_checkpoint(cfg):  # before the slow imports below
+            raise ConfigError(missing_checkpoint(cfg))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -363,3 +363,18 @@ def validate(cfg: Any, where: str) -> None:
                 f"{where}: source_image ({n}), video_path ({len(cfg.video_path)}) and audio_path "
                 f"({len(cfg.audio_path)}) must list the same number of entries (or none)"
             )
+
+
+def missing_checkpoint(cfg: InferenceConfig) -> Optional[str]:
+    """Why ``cfg.checkpoint`` cannot be loaded because it is not there (None: it is, or none is asked for).
+
+    Checked by the entry points before their slow imports, so a wrong path fails at once. A relative path is
+    relative to the working directory; the message names both, and what to do instead.
+    """
+    if not cfg.checkpoint or os.path.isdir(cfg.checkpoint):
+        return None
+    where = os.path.abspath(cfg.checkpoint)
+    looked = f"{where}" if os.path.isabs(cfg.checkpoint) else f"{where}, relative to the working directory {os.getcwd()}"
+    return (f"checkpoint {cfg.checkpoint}: no such folder (looked for {looked}). Train it first (the tiny preset's "
+            "is what bash scripts/quickstart.sh leaves in runs/tiny/stage3/model, run from the repository root), "
+            "or add checkpoint= to run a randomly initialised model")

@@ -227,3 +227,16 @@ def test_inference_samples_with_the_schedule_the_checkpoint_was_trained_with(tmp
                             "noise_scheduler_kwargs.prediction_type=epsilon"])
     err = capsys.readouterr().err
     assert code == 2 and "trained with (prediction_type: trained 'v_prediction'" in err and _no_output(tmp_path)
+
+
+def test_a_missing_checkpoint_fails_before_torch_is_imported_naming_the_path_and_the_working_directory(tmp_path):
+    import subprocess
+
+    script = ("import sys, eval_audio; rc = eval_audio.main(['--config', sys.argv[1], '--source', 'a.png', "
+              "'--driver', 'b.mp4']); print(rc, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script, str(ROOT / "configs/inference/tiny/inference.yaml")],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert run.stdout.split() == ["2", "False"]  # exit 2, and nothing slow was loaded before the check
+    assert (f"checkpoint runs/tiny/stage3/model: no such folder (looked for {tmp_path}/runs/tiny/stage3/model, "
+            f"relative to the working directory {tmp_path})") in run.stderr
+    assert "add checkpoint= to run a randomly initialised model" in run.stderr

@@ -18,6 +18,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -196,11 +197,17 @@ class Animator:
     def animate(self, source, driver: Optional[str] = None, audio: Optional[str] = None, mode: Optional[str] = None,
                 limit: Optional[float] = None, seed: Optional[int] = None, crop: bool = True,
                 progress: bool = True, callback: Optional[Callable[[int, int], None]] = None,
+                on_stage: Optional[Callable[[str], None]] = None,
                 rank: int = 0, world_size: int = 1, all_reduce=None) -> Animation:
-        """Animate `source` with a driver video and/or an audio file. `mode` None: mixed when there is audio."""
+        """Animate `source` with a driver video and/or an audio file. `mode` None: mixed when there is audio.
+
+        `callback(done, total)` follows the denoising steps; `on_stage(name)` is called as each stage starts
+        (the keys of `Animation.timings`). Either may raise to abandon the run.
+        """
         cfg, timings = self.cfg, {}
+        timer = partial(self._timer, timings, on_stage=on_stage)  # timer(name): a context that times a stage
         limit = cfg.limit if limit is None else limit
-        with self._timer(timings, "read_inputs"):
+        with timer("read_inputs"):
             clip = read_video(driver, max_seconds=limit) if driver else None
             if audio:
                 speech = read_audio(audio, max_seconds=limit if clip is None else clip.duration)
@@ -216,7 +223,7 @@ class Animator:
         if speech is not None:
             speech = fit_audio(speech, int(round(num_frames / fps * AUDIO_RATE)))
 
-        with self._timer(timings, "face_analysis"):
+        with timer("face_analysis"):
             source_face = self.locate_source(source, crop=crop)
             source_crop, source_landmarks = source_face.crop(cfg.sample_size), source_face.crop_landmarks(cfg.sample_size)
             driver_landmarks = self.track_driver(clip.frames, driver) if use_visual else None
@@ -225,7 +232,7 @@ class Animator:
                              "audio_only")
         driver_frames = clip.frames if clip is not None else None
         if idle and source_landmarks is not None:  # no face, no eyes to blink: plain audio-only driving
-            with self._timer(timings, "idle_motion"):
+            with timer("idle_motion"):
                 idle_size = max(IDLE_DRIVER_SIZE, cfg.sample_size)
                 driver_frames, driver_landmarks, _ = idle_driver(
                     source_face.crop(idle_size), source_face.crop_landmarks(idle_size), num_frames, fps,
@@ -234,7 +241,7 @@ class Animator:
 
         control = control_latents = None
         if use_visual:
-            with self._timer(timings, "control_frames"):
+            with timer("control_frames"):
                 control_mode = cfg.control_mode or ("eyes" if use_audio else "eyes+mouth")
                 control, _ = control_frames(driver_frames, driver_landmarks, source_landmarks, cfg.sample_size,
                                             mode=control_mode)
@@ -242,26 +249,26 @@ class Animator:
 
         audio_windows = None
         if use_audio:
-            with self._timer(timings, "audio_encoding"):
+            with timer("audio_encoding"):
                 features = self.audio_encoder([speech])  # (1, n, L+1, d)
                 idx = window_indices(torch.arange(num_frames, device=self.device)[None], fps,
                                      num_features(len(speech)), self.model.config.audio_window)
                 audio_windows = gather_windows(features, idx).to(self.dtype)  # (1, T, W, L+1, d)
 
-        with self._timer(timings, "reference"):
+        with timer("reference"):
             ref_latent = self.codec.encode(_to_tensor(source_crop[None], self.device, self.dtype))
             reference_kv = self.model.encode_reference(ref_latent)
 
-        with self._timer(timings, "denoising"):
+        with timer("denoising"):
             latents = self._denoise(num_frames, ref_latent.shape[-2:], reference_kv, control_latents, audio_windows,
                                     use_audio, use_visual, seed, progress, callback, rank, world_size, all_reduce)
-        with self._timer(timings, "vae_decoding"):
+        with timer("vae_decoding"):
             video = self.codec.decode_video(latents.to(self.dtype))  # (1, 3, T, S, S)
             crops = ((video[0].permute(1, 2, 3, 0).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
         if not cfg.paste_back:
             return Animation(frames=crops, fps=fps, audio=speech, source=source_crop, control=control,
                              driver=driver_frames, timings=timings)
-        with self._timer(timings, "paste_back"):
+        with timer("paste_back"):
             frames = paste_back(source_face.image, crops, source_face.box, face_mask(source_landmarks, cfg.sample_size))
         return Animation(frames=frames, fps=fps, audio=speech, source=source_crop, crops=crops, control=control,
                          driver=driver_frames, timings=timings)
@@ -310,7 +317,9 @@ class Animator:
         return self.codec.encode_control(video)
 
     @contextmanager
-    def _timer(self, timings: Dict[str, float], name: str):
+    def _timer(self, timings: Dict[str, float], name: str, on_stage: Optional[Callable[[str], None]] = None):
+        if on_stage is not None:
+            on_stage(name)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()

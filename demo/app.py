@@ -439,8 +439,8 @@ def build_demo(animator: Animator, limits: Limits = Limits(), output_dir: str = 
             gr.Examples(example_rows(examples), [source, driver, audio, mode], label="Examples: click one, then "
                         "Animate")
 
-        inputs = [source, driver, audio, mode, *sliders.values(), idle_motion, steps, seed, seconds, crop,
-                  paste_back, grid]
+        inputs = [source, driver, audio, mode, *(sliders[key] for key in GUIDANCE_KEYS), idle_motion,
+                  sliders["idle_motion_strength"], steps, seed, seconds, crop, paste_back, grid]  # animate's order
         mode.change(show_mode, mode, [driver, audio, idle_motion, *sliders.values()], api_name=False)
         source.upload(on_source_upload, source, [source, status], preprocess=False, api_name=False)
         driver.upload(partial(on_media_upload, track="video"), driver, status, preprocess=False, api_name=False)

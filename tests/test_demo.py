@@ -94,6 +94,19 @@ def test_request_through_the_client_returns_the_portrait_video_with_audio_and_a_
     assert kept[Path(video).name].read_bytes() == Path(video).read_bytes()
 
 
+def test_the_pages_inputs_reach_the_handler_in_its_order(demo):
+    blocks = demo[0]
+    labels = {}
+    for dep in blocks.fns.values():
+        if dep.api_name in ("animate_ui", "animate"):
+            labels[dep.api_name] = [getattr(c, "label", None) for c in dep.inputs]
+    assert labels["animate_ui"] == labels["animate"] == [
+        "Source portrait", "Driver video (face motion; its audio too)", "Audio (optional: replaces the driver's track)",
+        "Driving mode", "Audio guidance s_a", "Visual guidance s_v", "Audio amplitude a_a", "Visual amplitude a_v",
+        "Idle motion: blink and move a little", "Idle head motion", "Denoising steps", "Seed", "Seconds to animate",
+        "Crop around the face", "Paste back into the portrait", "Also make a grid of what the model saw"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("text_as_image", "notes.txt is not an image"),
     ("driver_too_long", "audio_CHTF_2.mp4 is 4.3 s long, but this demo animates at most 2 s"),

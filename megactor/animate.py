@@ -225,7 +225,8 @@ class Animator:
 
         with timer("face_analysis"):
             source_face = self.locate_source(source, crop=crop)
-            source_crop, source_landmarks = source_face.crop(cfg.sample_size), source_face.crop_landmarks(cfg.sample_size)
+            source_crop = source_face.crop(cfg.sample_size)
+            source_landmarks = source_face.crop_landmarks(cfg.sample_size)  # (468, 3) in crop pixels, or None
             driver_landmarks = self.track_driver(clip.frames, driver) if use_visual else None
         if use_visual and source_landmarks is None:
             raise InputError(f"{source}: no face in the source image, so it cannot follow a driver's face",
@@ -363,4 +364,5 @@ def _to_tensor(images: np.ndarray, device, dtype) -> torch.Tensor:
     return (x.to(dtype) / 127.5 - 1.0)
 
 
-__all__ = ["Animator", "Animation", "CLI_REMEDIES", "InputError", "SourceFace", "MediaError", "MODES", "cfg_guidance", "checkpoint_schedule"]
+__all__ = ["Animator", "Animation", "CLI_REMEDIES", "InputError", "MediaError", "MODES", "SourceFace", "cfg_guidance",
+           "checkpoint_schedule"]

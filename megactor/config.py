@@ -373,8 +373,9 @@ def missing_checkpoint(cfg: InferenceConfig) -> Optional[str]:
     """
     if not cfg.checkpoint or os.path.isdir(cfg.checkpoint):
         return None
-    where = os.path.abspath(cfg.checkpoint)
-    looked = f"{where}" if os.path.isabs(cfg.checkpoint) else f"{where}, relative to the working directory {os.getcwd()}"
+    looked = os.path.abspath(cfg.checkpoint)
+    if not os.path.isabs(cfg.checkpoint):
+        looked += f", relative to the working directory {os.getcwd()}"
     return (f"checkpoint {cfg.checkpoint}: no such folder (looked for {looked}). Train it first (the tiny preset's "
             "is what bash scripts/quickstart.sh leaves in runs/tiny/stage3/model, run from the repository root), "
             "or add checkpoint= to run a randomly initialised model")

@@ -260,3 +260,14 @@ def test_examples_are_drawn_for_a_fresh_clone_one_per_mode(tmp_path):
         assert probe(driver or audio)["has_audio"] and (driver is None) == (mode == "audio")
     with pytest.raises(FileNotFoundError, match="need at least one image"):
         example_rows(str(tmp_path))
+
+
+def test_the_demo_fails_on_a_missing_checkpoint_before_importing_gradio_or_torch(tmp_path):
+    import subprocess
+
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import run_gradio; rc = run_gradio.main([]); "
+              "print(rc, 'gradio' in sys.modules, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script, str(ROOT / "demo")], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PATH": ""})
+    assert run.stdout.split() == ["2", "False", "False"]
+    assert f"looked for {tmp_path}/runs/tiny/stage3/model, relative to the working directory {tmp_path}" in run.stderr

@@ -55,16 +55,16 @@ def test_pasted_video_has_the_sources_size_and_its_pixels_away_from_the_face(ani
     assert far.mean() > 0.2
     assert (result.frames[:, far] == source[:height, :width][far]).all()
     # and the face itself is the model's (a random model: noise), not the source's
-    centre = result.frames[:, int((y0 + y1) / 2) - 5:int((y0 + y1) / 2) + 5, int((x0 + x1) / 2) - 5:int((x0 + x1) / 2) + 5]
-    source_centre = source[int((y0 + y1) / 2) - 5:int((y0 + y1) / 2) + 5, int((x0 + x1) / 2) - 5:int((x0 + x1) / 2) + 5]
-    assert np.abs(centre.astype(int) - source_centre).mean() > 10
+    cy, cx = int((y0 + y1) / 2), int((x0 + x1) / 2)
+    centre = np.s_[cy - 5:cy + 5, cx - 5:cx + 5]
+    assert np.abs(result.frames[(slice(None), *centre)].astype(int) - source[centre]).mean() > 10
 
 
 def test_crop_only_keeps_the_square_crop(animator, testcases):
     animator.cfg.paste_back = False
     try:
-        result = animator.animate(str(testcases / "source" / "10.png"), audio=str(testcases / "driver" / "audio_ENTF_1.mp4"),
-                                  mode="audio", limit=0.2, progress=False)
+        result = animator.animate(str(testcases / "source" / "10.png"), mode="audio", limit=0.2, progress=False,
+                                  audio=str(testcases / "driver" / "audio_ENTF_1.mp4"))
     finally:
         animator.cfg.paste_back = True
     assert result.frames.shape == (5, 64, 64, 3) and result.crops is None

@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from megactor.config import ConfigError, InferenceConfig, load_config
+from megactor.config import ConfigError, InferenceConfig, load_config, missing_checkpoint
 
 Pair = Tuple[str, Optional[str], Optional[str]]  # source, driver video, audio
 
@@ -47,6 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--limit", type=float, help="seconds of driver to animate (default: all of it)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--no-crop", action="store_true", help="use the whole source image, not a face crop")
+    ap.add_argument("--crop-only", action="store_true",
+                    help="write the square face crop the model animates, not the crop pasted back into the source")
+    ap.add_argument("--idle-motion", action=argparse.BooleanOptionalAction, default=None,
+                    help="audio-only driving: blinks and small head motion drawn from the source's face (default: on)")
+    ap.add_argument("--idle-motion-strength", type=float, help="scales the idle head motion, 0-5 (default 1)")
     ap.add_argument("--grid", action="store_true", help="also write source | driver | control | result")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides")
@@ -60,6 +65,8 @@ def config_overrides(args) -> List[str]:
         "guidance.audio_scale": args.audio_scale, "guidance.visual_scale": args.visual_scale,
         "guidance.audio_amplitude": args.audio_amplitude, "guidance.visual_amplitude": args.visual_amplitude,
         "scheduler": args.scheduler, "limit": args.limit, "seed": args.seed,
+        "paste_back": False if args.crop_only else None, "idle_motion": args.idle_motion,
+        "idle_motion_strength": args.idle_motion_strength,
     }
     return [f"{k}={v}" for k, v in pairs.items() if v is not None] + list(args.overrides)
 
@@ -110,6 +117,8 @@ def main(argv=None) -> int:
         cfg = load_config(InferenceConfig, args.config, config_overrides(args))
         pairs = list_pairs(args, cfg)
         outputs = [output_file(args.output_path or cfg.output_dir, p, len(pairs) == 1) for p in pairs]
+        if missing_checkpoint(cfg):  # before the slow imports below
+            raise ConfigError(missing_checkpoint(cfg))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -111,7 +111,9 @@ def main():
     ap.add_argument("--grid", default=None, help="also write source | driver | control | result PNGs here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    cfg = load_config(InferenceConfig, args.config, [f"num_inference_steps={args.steps}", *args.overrides])
+    # the measure reads the model's crop; audio-only is the audio alone, without idle motion's eye control
+    fixed = [f"num_inference_steps={args.steps}", "paste_back=false", "idle_motion=false"]
+    cfg = load_config(InferenceConfig, args.config, [*fixed, *args.overrides])
     animator = Animator.from_config(cfg)
     paths = sorted(glob.glob(os.path.join(args.clips, "*.mp4")))
     if not paths:

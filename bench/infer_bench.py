@@ -160,6 +160,7 @@ def main():
         model_cfg.codec = CodecConfig(type="vae", path=os.path.join(tmp, "vae"))
         model_cfg.audio_encoder = AudioEncoderConfig(path=os.path.join(tmp, "whisper"))
     base_cfg = InferenceConfig(model=model_cfg, sample_size=args.size, num_inference_steps=args.steps, dtype="bf16",
+                               paste_back=False, idle_motion=False,  # the square crop the model makes
                                guidance=GuidanceConfig(audio_scale=2.5, visual_scale=1.5),
                                context=ContextConfig(16, 2))
     base = Animator.from_config(base_cfg, device=args.device)

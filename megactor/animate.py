@@ -3,11 +3,14 @@
     source image ─ face, square crop ─ codec ─ ReferenceNet ─ keys/values (once per run)
     driver video ─ face tracking ─ control frames (eyes [+ mouth]) aligned to the source ─ codec
     driver audio ─ Whisper ─ feature windows per video frame
-    noise ─ windows of context_frames, guidance branches batched ─ scheduler ─ codec decode ─ mp4
+    noise ─ windows of context_frames, guidance branches batched ─ scheduler ─ codec decode
+    generated crops ─ pasted back into the whole source image (paste_back) ─ mp4
 
 Driving modes: "mixed" (visual + audio: the control has the eyes only, the mouth
-follows the audio), "visual" (eyes + mouth from the driver video), "audio" (no
-control). Used by eval_audio.py, the demo and training's validation alike.
+follows the audio), "visual" (eyes + mouth from the driver video), "audio" (the
+mouth from the audio; with idle_motion, the eyes from a procedural driver made from
+the source's own face, through the mixed path). Used by eval_audio.py, the demo and
+training's validation alike.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +28,8 @@ from PIL import Image
 from .config import ConfigError, InferenceConfig, NoiseSchedulerConfig
 from .data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points
 from .data.face import FaceAnalyser, build_face_analyser
+from .data.idle_motion import idle_driver
+from .data.paste_back import face_mask, paste_back
 from .data.video_io import AUDIO_RATE, Clip, MediaError, fit_audio, read_audio, read_video
 from .diffusion.guidance import Branch, GuidanceSchedule, combine
 from .diffusion.sampler import Distributed, sample_video
@@ -39,32 +45,81 @@ logger = logging.getLogger(__name__)
 
 MODES = ("mixed", "visual", "audio")
 AUDIO_ONLY_FPS = 25.0  # frame rate of a video driven by audio alone
+IDLE_DRIVER_SIZE = 256  # pixels: the idle driver is drawn from a crop this large (or the model's, if larger)
+
+
+# what a user can do about an InputError, in the command line's words; the demo has its page's words for each
+CLI_REMEDIES = {
+    "no_crop": "use --no-crop to animate the whole image",
+    "audio_only": "use audio-only driving: --no-visual",
+    "give_audio": "give --audio, or use --no-audio",
+}
 
 
 class InputError(ValueError):
-    """Input that cannot drive an animation; the message says which input and why."""
+    """Input that cannot drive an animation; the message says which input and why.
+
+    ``reason`` is that alone; ``remedy`` (a key of CLI_REMEDIES, or None) what would work instead, which the
+    message gives in the command line's words.
+    """
+
+    def __init__(self, reason: str, remedy: Optional[str] = None):
+        self.reason, self.remedy = reason, remedy
+        super().__init__(f"{reason} ({CLI_REMEDIES[remedy]})" if remedy else reason)
+
+
+@dataclass
+class SourceFace:
+    """A source image and the square of it that the model animates."""
+    image: np.ndarray  # (H, W, 3) uint8, the whole source
+    box: np.ndarray  # (3,) x0, y0, side: the square, in image pixels (it may reach past the image)
+    landmarks: Optional[np.ndarray]  # (468, 3) the largest face's landmarks in image pixels; None: no face found
+
+    def crop(self, size: int) -> np.ndarray:
+        """(size, size, 3) uint8: the square, resized."""
+        return crop_and_resize(self.image, self.box, size)
+
+    def crop_landmarks(self, size: int) -> Optional[np.ndarray]:
+        """(468, 3) the landmarks in the pixels of ``crop(size)``, or None."""
+        return None if self.landmarks is None else transform_points(self.landmarks, crop_matrix(self.box, size))
 
 
 @dataclass
 class Animation:
-    frames: np.ndarray  # (T, S, S, 3) uint8
+    frames: np.ndarray  # (T, H, W, 3) uint8: the video (the crops pasted into the source, or the crops)
     fps: float
     audio: Optional[np.ndarray]  # 16 kHz mono, the driving audio (or the driver's track), video-length
     source: np.ndarray  # (S, S, 3) the source crop
+    crops: Optional[np.ndarray] = None  # (T, S, S, 3) uint8 the generated crops, when they were pasted back
     control: Optional[np.ndarray] = None  # (T, S, S) uint8
-    driver: Optional[np.ndarray] = None  # (T, H, W, 3) driver frames
+    driver: Optional[np.ndarray] = None  # (T, H, W, 3) driver frames (or the idle-motion driver's)
     timings: Dict[str, float] = field(default_factory=dict)
 
-    def grid(self) -> np.ndarray:
-        """(T, S, k*S, 3): source | driver | control | result side by side (those present)."""
-        size = self.frames.shape[1]
-        t = len(self.frames)
-        panels = [np.broadcast_to(self.source, self.frames.shape)]
+    def grid_panels(self) -> list:
+        """The grid's panel names, left to right: those present of source, driver, control, result, pasted."""
+        return (["source"] + ["driver"] * (self.driver is not None) + ["control"] * (self.control is not None)
+                + ["result"] + ["pasted"] * (self.crops is not None))
+
+    def grid(self, height: Optional[int] = None) -> np.ndarray:
+        """(T, height, W, 3): ``grid_panels()`` side by side, each ``height`` tall (default: the crop's side);
+        square panels but the pasted result, which keeps the source's aspect."""
+        crops = self.frames if self.crops is None else self.crops
+        size, t = crops.shape[1], len(crops)
+        height = height or size
+
+        def fit(frames: np.ndarray, width: int) -> np.ndarray:
+            interp = Image.NEAREST if frames.shape[1] < height and frames.shape[1] == size else Image.BICUBIC
+            return np.stack([np.asarray(Image.fromarray(f).resize((width, height), interp)) for f in frames])
+
+        panels = [fit(np.broadcast_to(self.source, crops.shape)[:1], height).repeat(t, 0)]
         if self.driver is not None:
-            panels.append(np.stack([np.asarray(Image.fromarray(f).resize((size, size))) for f in self.driver[:t]]))
+            panels.append(fit(self.driver[:t], height))
         if self.control is not None:
-            panels.append(np.repeat(self.control[..., None], 3, axis=-1))
-        panels.append(self.frames)
+            panels.append(fit(np.repeat(self.control[..., None], 3, axis=-1), height))
+        panels.append(fit(crops, height))
+        if self.crops is not None:
+            h, w = self.frames.shape[1:3]
+            panels.append(fit(self.frames, max(2, int(round(w * height / h / 2)) * 2)))
         return np.concatenate(panels, axis=2)
 
 
@@ -126,6 +181,12 @@ class Animator:
 
     def prepare_source(self, source, crop: bool = True):
         """Image path or RGB array -> (S x S crop, its landmarks (468, 3) in crop pixels or None)."""
+        face = self.locate_source(source, crop)
+        return face.crop(self.cfg.sample_size), face.crop_landmarks(self.cfg.sample_size)
+
+    def locate_source(self, source, crop: bool = True) -> SourceFace:
+        """Image path or RGB array -> the image, its largest face and the square around it (``crop``) or the
+        centred square (not ``crop``)."""
         if isinstance(source, str):
             try:
                 image = np.asarray(Image.open(source).convert("RGB"))
@@ -136,19 +197,17 @@ class Animator:
         else:
             image = np.asarray(source)
         name = source if isinstance(source, str) else "source image"
-        size = self.cfg.sample_size
         faces = self.faces.detect(image)
         if crop:
             if not faces:
-                raise InputError(f"{name}: no face found (use --no-crop to animate the whole image)")
+                raise InputError(f"{name}: no face found", "no_crop")
             face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
             box = face_crop_box(face.landmarks, image.shape[:2], self.cfg.crop_margin)
         else:
             side = min(image.shape[:2])
             box = np.array([(image.shape[1] - side) // 2, (image.shape[0] - side) // 2, side])
             face = faces[0] if faces else None
-        landmarks = transform_points(face.landmarks, crop_matrix(box, size)) if face is not None else None
-        return crop_and_resize(image, box, size), landmarks
+        return SourceFace(image, box, face.landmarks if face is not None else None)
 
     def track_driver(self, frames: np.ndarray, name: str) -> np.ndarray:
         """(T, H, W, 3) -> (T, 468, 3) landmarks of the driver's largest face; NaN where none was found."""
@@ -164,11 +223,17 @@ class Animator:
     def animate(self, source, driver: Optional[str] = None, audio: Optional[str] = None, mode: Optional[str] = None,
                 limit: Optional[float] = None, seed: Optional[int] = None, crop: bool = True,
                 progress: bool = True, callback: Optional[Callable[[int, int], None]] = None,
+                on_stage: Optional[Callable[[str], None]] = None,
                 dist: Distributed = Distributed()) -> Animation:
-        """Animate `source` with a driver video and/or an audio file. `mode` None: mixed when there is audio."""
+        """Animate `source` with a driver video and/or an audio file. `mode` None: mixed when there is audio.
+
+        `callback(done, total)` follows the denoising steps; `on_stage(name)` is called as each stage starts
+        (the keys of `Animation.timings`). Either may raise to abandon the run.
+        """
         cfg, timings = self.cfg, {}
+        timer = partial(self._timer, timings, on_stage=on_stage)  # timer(name): a context that times a stage
         limit = cfg.limit if limit is None else limit
-        with self._timer(timings, "read_inputs"):
+        with timer("read_inputs"):
             clip = read_video(driver, max_seconds=limit) if driver else None
             if audio:
                 speech = read_audio(audio, max_seconds=limit if clip is None else clip.duration)
@@ -177,47 +242,63 @@ class Animator:
         mode = mode or ("mixed" if speech is not None and clip is not None else "audio" if clip is None else "visual")
         use_visual, use_audio = mode in ("mixed", "visual"), mode in ("mixed", "audio")
         self._check_mode(mode, clip, speech, driver)
+        idle = mode == "audio" and cfg.idle_motion
 
         fps = clip.fps if clip is not None else AUDIO_ONLY_FPS
         num_frames = clip.num_frames if clip is not None else max(1, int(len(speech) / AUDIO_RATE * fps))
         if speech is not None:
             speech = fit_audio(speech, int(round(num_frames / fps * AUDIO_RATE)))
 
-        with self._timer(timings, "face_analysis"):
-            source_crop, source_landmarks = self.prepare_source(source, crop=crop)
+        with timer("face_analysis"):
+            source_face = self.locate_source(source, crop=crop)
+            source_crop = source_face.crop(cfg.sample_size)
+            source_landmarks = source_face.crop_landmarks(cfg.sample_size)  # (468, 3) in crop pixels, or None
             driver_landmarks = self.track_driver(clip.frames, driver) if use_visual else None
         if use_visual and source_landmarks is None:
-            raise InputError(f"{source}: no face in the source image, so it cannot follow a driver's face; "
-                             "use audio-only driving (--no-visual)")
+            raise InputError(f"{source}: no face in the source image, so it cannot follow a driver's face",
+                             "audio_only")
+        driver_frames = clip.frames if clip is not None else None
+        if idle and source_landmarks is not None:  # no face, no eyes to blink: plain audio-only driving
+            with timer("idle_motion"):
+                idle_size = max(IDLE_DRIVER_SIZE, cfg.sample_size)
+                driver_frames, driver_landmarks, _ = idle_driver(
+                    source_face.crop(idle_size), source_face.crop_landmarks(idle_size), num_frames, fps,
+                    cfg.seed if seed is None else seed, cfg.idle_motion_strength)
+            use_visual = True
 
         control = control_latents = None
         if use_visual:
-            with self._timer(timings, "control_frames"):
+            with timer("control_frames"):
                 control_mode = cfg.control_mode or ("eyes" if use_audio else "eyes+mouth")
-                control, _ = control_frames(clip.frames, driver_landmarks, source_landmarks, cfg.sample_size,
+                control, _ = control_frames(driver_frames, driver_landmarks, source_landmarks, cfg.sample_size,
                                             mode=control_mode)
                 control_latents = self._encode_control(np.repeat(control[..., None], 3, axis=-1))
 
         audio_windows = None
         if use_audio:
-            with self._timer(timings, "audio_encoding"):
+            with timer("audio_encoding"):
                 features = self.audio_encoder([speech])  # (1, n, L+1, d)
                 idx = window_indices(torch.arange(num_frames, device=self.device)[None], fps,
                                      num_features(len(speech)), self.model.config.audio_window)
                 audio_windows = gather_windows(features, idx).to(self.dtype)  # (1, T, W, L+1, d)
 
-        with self._timer(timings, "reference"), torch.no_grad():
+        with timer("reference"), torch.no_grad():
             ref_latent = self.codec.encode(_to_tensor(source_crop[None], self.device, self.dtype))
             conditions = Conditions(self.model.encode_reference(ref_latent), self.model.encode_context(),
                                     control_latents, audio_windows)
 
-        with self._timer(timings, "denoising"):
+        with timer("denoising"):
             latents = self._denoise(num_frames, ref_latent.shape[-2:], conditions, seed, progress, callback, dist)
-        with self._timer(timings, "vae_decoding"):
+        with timer("vae_decoding"):
             video = self.codec.decode_video(latents.to(self.dtype))  # (1, 3, T, S, S)
-            frames = ((video[0].permute(1, 2, 3, 0).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
-        return Animation(frames=frames, fps=fps, audio=speech, source=source_crop, control=control,
-                         driver=clip.frames if clip is not None else None, timings=timings)
+            crops = ((video[0].permute(1, 2, 3, 0).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+        if not cfg.paste_back:
+            return Animation(frames=crops, fps=fps, audio=speech, source=source_crop, control=control,
+                             driver=driver_frames, timings=timings)
+        with timer("paste_back"):
+            frames = paste_back(source_face.image, crops, source_face.box, face_mask(source_landmarks, cfg.sample_size))
+        return Animation(frames=frames, fps=fps, audio=speech, source=source_crop, crops=crops, control=control,
+                         driver=driver_frames, timings=timings)
 
     @torch.no_grad()
     def _denoise(self, num_frames: int, latent_hw: Tuple[int, int], cond: Conditions, seed: Optional[int],
@@ -256,7 +337,7 @@ class Animator:
             raise InputError(f"{mode} driving needs a driver video")
         if mode in ("mixed", "audio") and speech is None:
             what = f"{driver} has no audio track" if driver else "no audio was given"
-            raise InputError(f"{mode} driving needs audio, but {what} (give --audio, or use --no-audio)")
+            raise InputError(f"{mode} driving needs audio, but {what}", "give_audio")
 
     def _encode_control(self, frames: np.ndarray) -> torch.Tensor:
         """(T, S, S, 3) uint8 control frames -> (1, C, T, h, w) control latents."""
@@ -264,7 +345,9 @@ class Animator:
         return self.codec.encode_control(video)
 
     @contextmanager
-    def _timer(self, timings: Dict[str, float], name: str):
+    def _timer(self, timings: Dict[str, float], name: str, on_stage: Optional[Callable[[str], None]] = None):
+        if on_stage is not None:
+            on_stage(name)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -315,4 +398,5 @@ def _to_tensor(images: np.ndarray, device, dtype) -> torch.Tensor:
     return (x.to(dtype) / 127.5 - 1.0)
 
 
-__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "guidance_knobs", "checkpoint_schedule"]
+__all__ = ["Animator", "Animation", "CLI_REMEDIES", "InputError", "MediaError", "MODES", "SourceFace", "guidance_knobs",
+           "checkpoint_schedule"]

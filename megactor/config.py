@@ -196,6 +196,9 @@ class InferenceConfig:
     compile: bool = False
     face_backend: str = "mediapipe"
     grid: bool = False
+    paste_back: bool = True  # the result in the whole source image; False: the square face crop the model animates
+    idle_motion: bool = True  # audio-only driving: blinks and head motion drawn from the source's own face
+    idle_motion_strength: float = 1.0  # scales the idle head motion (0: blinks alone)
 
 
 # --------------------------------------------------------------------------- training
@@ -379,6 +382,7 @@ def validate(cfg: Any, where: str) -> None:
     if isinstance(cfg, InferenceConfig):
         _check_choice(where, "scheduler", cfg.scheduler, ["ddim", "dpmsolver++"])
         _check_choice(where, "dtype", cfg.dtype, ["fp32", "bf16", "fp16"])
+        _check_range(where, "idle_motion_strength", cfg.idle_motion_strength, 0.0, 5.0)
         c = cfg.context
         if not 0 <= c.context_overlap < c.context_frames:
             raise ConfigError(
@@ -395,3 +399,19 @@ def validate(cfg: Any, where: str) -> None:
                 f"{where}: source_image ({n}), video_path ({len(cfg.video_path)}) and audio_path "
                 f"({len(cfg.audio_path)}) must list the same number of entries (or none)"
             )
+
+
+def missing_checkpoint(cfg: InferenceConfig) -> Optional[str]:
+    """Why ``cfg.checkpoint`` cannot be loaded because it is not there (None: it is, or none is asked for).
+
+    Checked by the entry points before their slow imports, so a wrong path fails at once. A relative path is
+    relative to the working directory; the message names both, and what to do instead.
+    """
+    if not cfg.checkpoint or os.path.isdir(cfg.checkpoint):
+        return None
+    looked = os.path.abspath(cfg.checkpoint)
+    if not os.path.isabs(cfg.checkpoint):
+        looked += f", relative to the working directory {os.getcwd()}"
+    return (f"checkpoint {cfg.checkpoint}: no such folder (looked for {looked}). Train it first (the tiny preset's "
+            "is what bash scripts/quickstart.sh leaves in runs/tiny/stage3/model, run from the repository root), "
+            "or add checkpoint= to run a randomly initialised model")

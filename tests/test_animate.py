@@ -8,6 +8,7 @@ import pytest
 from megactor.animate import Animator
 from megactor.config import InferenceConfig, load_config
 from megactor.data.video_io import probe, read_video, write_video
+from megactor.models.fp8 import convert_to_fp8
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +44,10 @@ def long_driver(clips, tmp_path_factory):
     return str(out)
 
 
+def cfg_path() -> str:
+    return str(ROOT / "configs/inference/tiny/inference.yaml")
+
+
 def run_cli(tmp_path, *args):
     return eval_audio.main(["--config", str(ROOT / "configs/inference/tiny/inference.yaml"), *args, *STEPS])
 
@@ -50,23 +55,26 @@ def run_cli(tmp_path, *args):
 def test_mixed_mode_writes_the_drivers_frames_fps_and_audio(clips, tmp_path):
     drivers, sources = clips
     out = tmp_path / "out.mp4"
-    assert run_cli(tmp_path, "--source", sources[0], "--driver", drivers[0], "--output-path", str(out), "--grid") == 0
+    assert run_cli(tmp_path, "--source", sources[1], "--driver", drivers[0], "--output-path", str(out), "--grid") == 0
     info, driver = probe(str(out)), probe(drivers[0])
+    assert (info["width"], info["height"]) == (768, 844)  # the source's size: the crops pasted back into it
     assert info["has_audio"]
     assert info["fps"] == driver["fps"]
     assert read_video(str(out), with_audio=False).num_frames == read_video(drivers[0], with_audio=False).num_frames
     assert abs(info["duration"] - driver["duration"]) <= 1 / driver["fps"]
     grid = read_video(str(tmp_path / "out_grid.mp4"), with_audio=False)
-    assert grid.frames.shape[2] == 4 * grid.frames.shape[1]  # source | driver | control | result
+    # source | driver | control | result (64 x 64 each) | pasted (the source's aspect, 64 tall)
+    assert grid.frames.shape[1:3] == (64, 4 * 64 + 58)
 
 
 @pytest.mark.parametrize("mode", ["visual", "audio"])
 def test_single_modality_modes(animator, clips, mode):
     drivers, sources = clips
     result = animator.animate(sources[1], drivers[1], mode=mode, limit=1.0, progress=False)
-    assert result.frames.shape == (30, 64, 64, 3) and result.fps == 30.0
+    assert result.crops.shape == (30, 64, 64, 3) and result.fps == 30.0
+    assert result.frames.shape == (30, 844, 768, 3)  # 10.png's size
     assert result.audio is not None and len(result.audio) == 16000
-    assert (result.control is None) == (mode == "audio")
+    assert result.control is not None  # audio-only: the idle-motion driver's eyes
 
 
 def test_visual_control_shows_the_mouth_only_without_audio(animator, clips):
@@ -86,10 +94,12 @@ def test_unpaired_audio_from_another_file(animator, clips):
 
 def test_ten_second_driver_in_8_frame_windows(animator, long_driver):
     animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 8, 2
+    animator.cfg.paste_back = False
     try:
         result = animator.animate(animator_source(), long_driver, progress=False)
     finally:
         animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 16, 4
+        animator.cfg.paste_back = True
     assert result.frames.shape == (300, 64, 64, 3)
     assert np.isfinite(result.frames).all() and result.frames.std() > 0
 
@@ -224,34 +234,47 @@ def test_inference_samples_with_the_schedule_the_checkpoint_was_trained_with(tmp
     assert code == 2 and "trained with (prediction_type: trained 'v_prediction'" in err and _no_output(tmp_path)
 
 
-def test_guidance_outside_its_interval_runs_the_conditioned_pass_alone(animator, clips):
+def test_guidance_outside_its_interval_runs_the_conditioned_pass_alone(clips):
     """An interval that holds none of the steps' noise levels gives the unguided (scale 1) video, frame for frame."""
     drivers, sources = clips
+    cfg = load_config(InferenceConfig, str(ROOT / "configs/inference/tiny/inference.yaml"), STEPS + ["paste_back=false"])
+    animator = Animator.from_config(cfg, device="cpu")
+    for p in animator.model.parameters():  # the audio and visual branches start at zero: guidance would change nothing
+        p.data.normal_(std=0.02)
     g = animator.cfg.guidance
-    kept = (g.guidance_scale, g.interval)
-    try:
-        g.guidance_scale, g.interval = 1.0, None
-        unguided = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
-        g.guidance_scale, g.interval = 3.0, [0.0, 0.0]
-        outside = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
-        g.interval = [0.0, 1.0]
-        inside = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
-    finally:
-        g.guidance_scale, g.interval = kept
+    g.guidance_scale, g.interval = 1.0, None
+    unguided = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
+    g.guidance_scale, g.interval = 3.0, [0.0, 0.0]
+    outside = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
+    g.interval = [0.0, 1.0]
+    inside = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False)
     assert np.array_equal(outside.frames, unguided.frames)
     assert not np.array_equal(inside.frames, unguided.frames)
 
 
 def test_fp8_animator_runs_the_e4m3_path_close_to_float32(clips):
     drivers, sources = clips
-    results = []
-    for fp8 in (False, True):
-        cfg = load_config(InferenceConfig, str(ROOT / "configs/inference/tiny/inference.yaml"),
-                          STEPS + [f"fp8={fp8}"])
-        animator = Animator.from_config(cfg, device="cpu")
-        for p in animator.model.parameters():  # no zero-initialised branch left out of the comparison
-            p.data.normal_(std=0.02)
-        results.append(animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False).frames)
-    assert type(animator.model.blocks[0].mlp.fc1).__name__ == "Fp8Linear"
-    diff = np.abs(results[1].astype(float) - results[0].astype(float))
+    overrides = STEPS + ["paste_back=false"]
+    cfg = load_config(InferenceConfig, str(ROOT / "configs/inference/tiny/inference.yaml"), overrides + ["fp8=true"])
+    assert type(Animator.from_config(cfg, device="cpu").model.blocks[0].mlp.fc1).__name__ == "Fp8Linear"
+    animator = Animator.from_config(load_config(InferenceConfig, cfg_path(), overrides), device="cpu")
+    for p in animator.model.parameters():  # no zero-initialised branch left out of the comparison
+        p.data.normal_(std=0.02)
+    float32 = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False).frames
+    convert_to_fp8(animator.model.blocks)  # what from_config does with fp8=true
+    fp8 = animator.animate(sources[0], drivers[0], limit=0.3, seed=3, progress=False).frames
+    diff = np.abs(fp8.astype(float) - float32.astype(float))
     assert 0 < diff.mean() < 0.02 * 255  # e4m3 rounding moves pixels, a little
+
+
+def test_a_missing_checkpoint_fails_before_torch_is_imported_naming_the_path_and_the_working_directory(tmp_path):
+    import subprocess
+
+    script = ("import sys, eval_audio; rc = eval_audio.main(['--config', sys.argv[1], '--source', 'a.png', "
+              "'--driver', 'b.mp4']); print(rc, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script, str(ROOT / "configs/inference/tiny/inference.yaml")],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert run.stdout.split() == ["2", "False"]  # exit 2, and nothing slow was loaded before the check
+    assert (f"checkpoint runs/tiny/stage3/model: no such folder (looked for {tmp_path}/runs/tiny/stage3/model, "
+            f"relative to the working directory {tmp_path})") in run.stderr
+    assert "add checkpoint= to run a randomly initialised model" in run.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
+from PIL import Image
 
 from megactor.data import face as F
 from megactor.data import synthetic as S
@@ -85,6 +86,8 @@ def test_dataset_files(tmp_path):
             assert len(truth[key]) == truth["num_frames"], key
         clip = read_video(str(path))
         assert clip.num_frames == 38 and clip.audio is not None and np.abs(clip.audio).max() > 0.05
+        still = np.asarray(Image.open(path.with_suffix(".png")))  # the first frame, lossless: a source portrait
+        assert still.shape == (96, 96, 3) and np.abs(still.astype(int) - clip.frames[0]).mean() < 3
     assert not list(tmp_path.glob(".tmp-*"))
     again = S.generate_dataset(str(tmp_path / "more"), clips=3, seconds=1.5, size=96, fps=FPS, seed=5, workers=2)
     assert [p.name for p in again] == ["clip_0000.mp4", "clip_0001.mp4", "clip_0002.mp4"]

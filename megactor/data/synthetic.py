@@ -6,7 +6,8 @@ envelopes, grouped into phrases separated by pauses), a mouth whose inner openin
 the audio envelope, random blinks and small smooth head motion. The faces are shaded and
 detailed enough (sclera, iris, pupil, brows, nose, lips, teeth, hair) for MediaPipe's face
 mesh to find them, so the curation pipeline and training can run end to end without real
-data. A sidecar json holds the per-frame ground truth and the generator's parameters.
+data. A sidecar json holds the per-frame ground truth and the generator's parameters, and a
+PNG the first frame: a source portrait in the tiny model's own domain.
 
     python -m megactor.data.synthetic --out data/synthetic --clips 64 --seconds 4 --size 128
 """
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from megactor.data.video_io import AUDIO_RATE, write_video
+from megactor.fileio import atomic_path
 
 SUPERSAMPLE = 2  # shapes are drawn at this multiple of the output size, then area-averaged
 SHIFT = 4  # cv2 drawing's fixed-point bits: coordinates carry 1/16 pixel
@@ -368,10 +371,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 def write_clip(out_dir: Path, index: int, clip_seed: np.random.SeedSequence, seconds: float, size: int, fps: float,
                seed: int) -> Path:
-    """Generate clip ``index`` and write it as ``clip_XXXX.mp4`` (H.264 + AAC) with its ``clip_XXXX.json`` truth."""
+    """Generate clip ``index`` and write it as ``clip_XXXX.mp4`` (H.264 + AAC) with its ``clip_XXXX.json`` truth
+    and its first frame as ``clip_XXXX.png``."""
     frames, audio, truth = generate_clip(np.random.default_rng(clip_seed), seconds, size, fps)
     video = out_dir / f"clip_{index:04d}.mp4"
     write_video(str(video), frames, fps, audio, sample_rate=AUDIO_RATE)
+    with atomic_path(str(video.with_suffix(".png"))) as tmp:
+        Image.fromarray(frames[0]).save(tmp, format="PNG")
     _write_json(video.with_suffix(".json"), {**truth, "seed": seed, "index": index, "seconds": seconds})
     return video
 

@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--driver", help="driver video (face motion, and audio unless --audio/--no-audio)")
     ap.add_argument("--audio", help="driving audio file (wav/mp3/m4a/flac or a video's track)")
     modes = ap.add_mutually_exclusive_group()
-    modes.add_argument("--no-audio", action="store_true", help="visual-only driving")
+    modes.add_argument("--no-audio", action="store_true",
+                       help="visual-only driving (the output still carries the driver's audio track)")
     modes.add_argument("--no-visual", action="store_true", help="audio-only driving")
     ap.add_argument("--num-steps", type=int, help="denoising steps (num_inference_steps)")
     ap.add_argument("--guidance-scale", type=float, help="one knob for both modalities' guidance")
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--audio-amplitude", type=float, help="scale on the audio branch's injected features")
     ap.add_argument("--visual-amplitude", type=float, help="scale on the visual branch's injected features")
     ap.add_argument("--scheduler", choices=["ddim", "dpmsolver++"])
-    ap.add_argument("--limit", type=float, help="seconds of driver to animate (default: all of it)")
+    ap.add_argument("--limit", type=float, help="seconds of driver to animate (default, or 0: all of it)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--no-crop", action="store_true", help="use the whole source image, not a face crop")
     ap.add_argument("--grid", action="store_true", help="also write source | driver | control | result")
@@ -111,8 +112,25 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from megactor.animate import Animator, InputError, MediaError
+    from megactor.animate import Animator, InputError, MediaError, check_input_files
     from megactor.data.video_io import write_video
+    from megactor.fileio import check_output_file
+
+    failed = 0
+    runnable = []
+    for pair, out in zip(pairs, outputs):  # every input and output checked before any model loads
+        try:
+            check_input_files(*pair)
+            check_output_file(out)
+            if args.grid:
+                check_output_file(out[:-4] + "_grid.mp4")
+        except (InputError, OSError) as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        runnable.append((pair, out))
+    if not runnable:
+        return 2
 
     rank, world_size, device, all_reduce = init_distributed(args.device)
     try:
@@ -121,8 +139,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mode = "visual" if args.no_audio else "audio" if args.no_visual else None
-    failed = 0
-    for (source, driver, audio), out in zip(pairs, outputs):
+    for (source, driver, audio), out in runnable:
         try:
             result = animator.animate(source, driver, audio, mode=mode, crop=not args.no_crop, progress=rank == 0,
                                       rank=rank, world_size=world_size, all_reduce=all_reduce)
@@ -138,9 +155,14 @@ def main(argv=None) -> int:
             continue
         if rank != 0:  # every process holds the same frames; one writes them
             continue
-        write_video(out, result.frames, result.fps, result.audio)
-        if args.grid:
-            write_video(out[:-4] + "_grid.mp4", result.grid(), result.fps, result.audio)
+        try:
+            write_video(out, result.frames, result.fps, result.audio)
+            if args.grid:
+                write_video(out[:-4] + "_grid.mp4", result.grid(), result.fps, result.audio)
+        except Exception as e:  # OSError, or PyAV's own errors: a full disk, a folder gone read-only
+            failed += 1
+            print(f"error: {out}: could not be written ({e})", file=sys.stderr)
+            continue
         times = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
         print(f"wrote {out} ({len(result.frames)} frames at {result.fps:g} fps; {times})")
     if failed and rank == 0:

@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--fps", type=float, default=25.0)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--num-steps", type=int, default=25, help="denoising steps (num_inference_steps)")
     ap.add_argument("--context-frames", type=int, default=16)
     ap.add_argument("--context-overlap", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true")
@@ -83,7 +83,7 @@ def main():
         save_random_weights(tmp)
         model.codec = CodecConfig(type="vae", path=os.path.join(tmp, "vae"))
         model.audio_encoder = AudioEncoderConfig(path=os.path.join(tmp, "whisper"))
-    cfg = InferenceConfig(model=model, sample_size=args.size, num_inference_steps=args.steps, dtype="bf16",
+    cfg = InferenceConfig(model=model, sample_size=args.size, num_inference_steps=args.num_steps, dtype="bf16",
                           compile=not args.no_compile, guidance=GuidanceConfig(audio_scale=2.5, visual_scale=1.5),
                           context=ContextConfig(args.context_frames, args.context_overlap))
     animator = Animator.from_config(cfg, device=args.device)
@@ -128,7 +128,7 @@ def main():
     seconds = len(result.frames) / result.fps
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"\n{name}: {args.preset}, {len(result.frames)} frames ({seconds:.1f} s at "
-          f"{result.fps:g} fps), {args.size}x{args.size}, {args.steps} steps, {shapes[0][0]} guidance branches, "
+          f"{result.fps:g} fps), {args.size}x{args.size}, {args.num_steps} steps, {shapes[0][0]} guidance branches, "
           f"windows of {args.context_frames} overlapping {args.context_overlap}, "
           f"{'torch.compile' if not args.no_compile else 'eager'}, bf16; best of {args.repeat}")
     print("| stage | s | s per video-second |")

@@ -12,6 +12,7 @@ control). Used by eval_audio.py, the demo and training's validation alike.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ class Animator:
         name = source if isinstance(source, str) else "source image"
         size = self.cfg.sample_size
         faces = self.faces.detect(image)
+        if len(faces) > 1:
+            logger.warning("%s: %d faces found; animating the largest", name, len(faces))
         if crop:
             if not faces:
                 raise InputError(f"{name}: no face found (use --no-crop to animate the whole image)")
@@ -130,6 +133,10 @@ class Animator:
         found = [max(fs, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])) if fs else None for fs in tracked]
         if not any(f is not None for f in found):
             raise InputError(f"{name}: no face found in the driver video (visual driving needs one)")
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            logger.warning("%s: no face in %d of %d driver frames (from frame %d): their control is black", name,
+                           len(missing), len(found), missing[0])
         shape = next(f for f in found if f is not None).landmarks.shape
         return np.stack([f.landmarks if f is not None else np.full(shape, np.nan, np.float32) for f in found])
 
@@ -142,6 +149,9 @@ class Animator:
         """Animate `source` with a driver video and/or an audio file. `mode` None: mixed when there is audio."""
         cfg, timings = self.cfg, {}
         limit = cfg.limit if limit is None else limit
+        if limit is not None and limit < 0:
+            raise InputError(f"limit={limit:g}: seconds of driver must be positive (0: the whole driver)")
+        limit = limit or None  # 0 means the whole driver, as in the demo
         with self._timer(timings, "read_inputs"):
             clip = read_video(driver, max_seconds=limit) if driver else None
             if audio:
@@ -247,6 +257,19 @@ class Animator:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def check_input_files(source, driver: Optional[str] = None, audio: Optional[str] = None) -> None:
+    """InputError naming the first of the given input paths that is not a readable file: a check that costs
+    nothing, made before any model loads."""
+    for role, path in (("source image", source), ("driver video", driver), ("audio", audio)):
+        if path is None or not isinstance(path, str):
+            continue
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file (the {role})" if not os.path.exists(path) else
+                             f"{path}: the {role} is not a file")
+        if not os.access(path, os.R_OK):
+            raise InputError(f"{path}: the {role} file cannot be read (permissions)")
+
+
 def checkpoint_schedule(checkpoint: str, asked: Optional[NoiseSchedulerConfig]) -> NoiseSchedulerConfig:
     """The noise schedule to sample `checkpoint` with: the one it was trained with, unless `asked` differs from it
     (ConfigError: sampling with another prediction type or beta schedule than training's gives noise)."""
@@ -281,4 +304,5 @@ def _to_tensor(images: np.ndarray, device, dtype) -> torch.Tensor:
     return (x.to(dtype) / 127.5 - 1.0)
 
 
-__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance", "checkpoint_schedule"]
+__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance", "check_input_files",
+           "checkpoint_schedule"]

@@ -232,7 +232,7 @@ def test_a_still_image_named_mp4_is_not_a_one_frame_video(testcases, tmp_path):
 def _process_table() -> dict:
     """{pid: (parent pid, state)} of the running processes, from /proc."""
     table = {}
-    for name in os.listdir("/proc"):
+    for name in filter(str.isdigit, os.listdir("/proc")):
         try:
             fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):

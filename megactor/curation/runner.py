@@ -36,8 +36,8 @@ from typing import Any, Iterator, Optional
 from tqdm import tqdm
 
 from megactor.curation.config import CurationConfig
-from megactor.fileio import write_bytes
 from megactor.data.shards import SHARD_PATTERN, SampleRef, index_shard, list_shards, plan_shards, write_shard
+from megactor.fileio import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,7 @@ def _exit_with(parent: int, period: float = 0.5) -> None:
             time.sleep(period)
             try:
                 os.kill(parent, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:  # a pid taken by someone else's process: ours is gone
+            except (ProcessLookupError, PermissionError):  # gone, or its pid taken by someone else's process
                 os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -27,8 +27,8 @@ import av
 import numpy as np
 import webdataset as wds
 
-from megactor.fileio import atomic_path
 from megactor.data.video_io import AUDIO_RATE, MediaError, _decode_audio, check_not_still
+from megactor.fileio import atomic_path
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..data.dataset import ClipDataset, collate_clips
-from ..fileio import load_named, remove_stale_temporaries
 from ..diffusion.schedulers import schedule_mismatch, training_scheduler, training_target
+from ..fileio import load_named, remove_stale_temporaries
 from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, save_pretrained, set_attention_backend
 from ..models.audio_encoder import gather_windows, num_features, window_indices
 from ..models.loading import WEIGHTS_NAME, load_noise_schedule
@@ -263,14 +263,19 @@ class Trainer:
             modes = zip(inputs["visual_amplitude"].tolist(), inputs["audio_amplitude"].tolist())
             for (v, a), l in zip(modes, per_sample.tolist()):
                 logs.setdefault(f"loss/{MODE_NAMES[(round(v), round(a))]}", []).append(l)
-        grad_norm = float("nan")
-        if finite:
+        loss_finite, grad_norm = finite, float("nan")
+        if loss_finite:
             finite, grad_norm = self._optimizer_step()
+        scaler = acc.scaler
         if finite:
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.step(self.params)
             self.nan_streak = 0
+        elif loss_finite and scaler is not None and scaler.get_scale() >= 1:  # fp16's scaler still finding its scale
+            self.nan_total += 1
+            logger.info("step %d: fp16 gradient overflow, step skipped; loss scale lowered to %g", self.step + 1,
+                        scaler.get_scale())
         else:
             self.nan_streak += 1
             self.nan_total += 1

@@ -86,6 +86,28 @@ def output_file(output_path: str, pair: Pair, single: bool) -> str:
     return os.path.join(output_path, f"{Path(source).stem}_{Path(driver or audio).stem}.mp4")
 
 
+def check_pair(pair: Pair, out: str, grid: bool) -> bool:
+    """The pair's files exist and are media, and its outputs can be written: checked before anything loads (a
+    second, not the models' minute); False, with one line on stderr, when not."""
+    from megactor.data.video_io import MediaError, probe
+    from megactor.fileio import check_input_file, check_output_file
+
+    source, driver, audio = pair
+    try:
+        check_input_file(source, "source image")
+        for path, role in ((driver, "driver video"), (audio, "audio")):
+            if path:
+                check_input_file(path, role)
+                probe(path)  # not media, or a still image
+        check_output_file(out)
+        if grid:
+            check_output_file(out[:-4] + "_grid.mp4")
+    except (OSError, MediaError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def init_distributed(device: Optional[str]):
     """(rank, world size, device, all_reduce) under torchrun / accelerate launch; one process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -112,25 +134,12 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from megactor.animate import Animator, InputError, MediaError, check_input_files
-    from megactor.data.video_io import write_video
-    from megactor.fileio import check_output_file
-
-    failed = 0
-    runnable = []
-    for pair, out in zip(pairs, outputs):  # every input and output checked before any model loads
-        try:
-            check_input_files(*pair)
-            check_output_file(out)
-            if args.grid:
-                check_output_file(out[:-4] + "_grid.mp4")
-        except (InputError, OSError) as e:
-            failed += 1
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        runnable.append((pair, out))
+    runnable = [(pair, out) for pair, out in zip(pairs, outputs) if check_pair(pair, out, args.grid)]
+    failed = len(pairs) - len(runnable)
     if not runnable:
         return 2
+    from megactor.animate import Animator, InputError, MediaError
+    from megactor.data.video_io import write_video
 
     rank, world_size, device, all_reduce = init_distributed(args.device)
     try:

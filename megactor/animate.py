@@ -12,7 +12,6 @@ control). Used by eval_audio.py, the demo and training's validation alike.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -257,19 +256,6 @@ class Animator:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def check_input_files(source, driver: Optional[str] = None, audio: Optional[str] = None) -> None:
-    """InputError naming the first of the given input paths that is not a readable file: a check that costs
-    nothing, made before any model loads."""
-    for role, path in (("source image", source), ("driver video", driver), ("audio", audio)):
-        if path is None or not isinstance(path, str):
-            continue
-        if not os.path.isfile(path):
-            raise InputError(f"{path}: no such file (the {role})" if not os.path.exists(path) else
-                             f"{path}: the {role} is not a file")
-        if not os.access(path, os.R_OK):
-            raise InputError(f"{path}: the {role} file cannot be read (permissions)")
-
-
 def checkpoint_schedule(checkpoint: str, asked: Optional[NoiseSchedulerConfig]) -> NoiseSchedulerConfig:
     """The noise schedule to sample `checkpoint` with: the one it was trained with, unless `asked` differs from it
     (ConfigError: sampling with another prediction type or beta schedule than training's gives noise)."""
@@ -304,5 +290,4 @@ def _to_tensor(images: np.ndarray, device, dtype) -> torch.Tensor:
     return (x.to(dtype) / 127.5 - 1.0)
 
 
-__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance", "check_input_files",
-           "checkpoint_schedule"]
+__all__ = ["Animator", "Animation", "InputError", "MediaError", "MODES", "cfg_guidance", "checkpoint_schedule"]

@@ -134,7 +134,16 @@ def check_output_file(path: str) -> None:
     try:  # create and remove an entry: a check of the filesystem itself (read-only mounts, quotas), not of mode bits
         os.rmdir(tempfile.mkdtemp(prefix=_temp_prefix(), dir=existing))
     except OSError as e:
-        raise OSError(f"{path}: cannot be written ({existing}: {e.strerror or e})") from None
+        raise OSError(f"{path}: cannot be written (a new entry in {existing} fails: {e.strerror or e})") from None
+
+
+def check_input_file(path: str, role: str) -> None:
+    """Fail now (OSError naming ``path`` and its ``role``) if ``path`` is not a file this process can read."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (the {role})" if not os.path.exists(path) else
+                                f"{path}: the {role} is not a file")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path}: the {role} file cannot be read (permissions)")
 
 
 class UnreadableFile(OSError):

@@ -284,8 +284,12 @@ def test_inputs_and_outputs_are_checked_before_any_model_loads(tmp_path, clips, 
                    "--output-path", str(tmp_path / "taken.mp4")) == 2
     assert "taken.mp4: is a folder" in capsys.readouterr().err
     assert run_cli(tmp_path, "--source", clips[1][0], "--driver", clips[0][0],
-                   "--output-path", "/proc/megactor/out.mp4") == 2
-    assert "/proc/megactor/out.mp4: cannot be written" in capsys.readouterr().err
+                   "--output-path", "/sys/megactor/out.mp4") == 2
+    assert "/sys/megactor/out.mp4: cannot be written" in capsys.readouterr().err
+    still = tmp_path / "still.mp4"
+    still.write_bytes(Path(clips[1][0]).read_bytes())  # a PNG
+    assert run_cli(tmp_path, "--source", clips[1][0], "--driver", str(still)) == 2
+    assert f"{still}: is a still image (png), not a video" in capsys.readouterr().err
 
 
 def test_a_failed_write_is_one_line_and_the_batch_goes_on(tmp_path, clips, short_driver, capsys, monkeypatch):

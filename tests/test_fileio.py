@@ -88,7 +88,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     with pytest.raises(OSError, match="a_file/sub/out.mp4: cannot be written .*a_file is a file"):
         check_output_file(str(tmp_path / "a_file" / "sub" / "out.mp4"))
     with pytest.raises(OSError, match="cannot be written"):  # a read-only filesystem, whoever runs the test
-        check_output_file("/proc/megactor-out.mp4")
+        check_output_file("/sys/megactor/out.mp4")
     check_output_file(str(tmp_path / "new" / "deeper" / "out.mp4"))
     assert sorted(os.listdir(tmp_path)) == ["a_file", "taken.mp4"]  # nothing left behind
 

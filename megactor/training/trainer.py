@@ -343,6 +343,10 @@ class Trainer:
             if cfg.validation.source_image and (self.step % cfg.validation_steps == 0):
                 self.validate()
         bar.close()
+        if self.step < cfg.max_train_steps and acc.is_main_process:
+            logger.warning("stopped at step %d of %d: max_train_minutes=%g reached (resume=latest goes on); a run cut "
+                           "by time depends on the machine's speed", self.step, cfg.max_train_steps,
+                           cfg.max_train_minutes)
         exported = self.export(os.path.join(cfg.output_dir, "model"))
         acc.end_training()
         return exported

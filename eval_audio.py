@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--driver", help="driver video (face motion, and audio unless --audio/--no-audio)")
     ap.add_argument("--audio", help="driving audio file (wav/mp3/m4a/flac or a video's track)")
     modes = ap.add_mutually_exclusive_group()
-    modes.add_argument("--no-audio", action="store_true", help="visual-only driving")
+    modes.add_argument("--no-audio", action="store_true",
+                       help="visual-only driving (the output still carries the driver's audio track)")
     modes.add_argument("--no-visual", action="store_true", help="audio-only driving")
     ap.add_argument("--num-steps", type=int, help="denoising steps (num_inference_steps)")
     ap.add_argument("--guidance-scale", type=float, help="one knob for both modalities' guidance")
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--audio-amplitude", type=float, help="scale on the audio branch's injected features")
     ap.add_argument("--visual-amplitude", type=float, help="scale on the visual branch's injected features")
     ap.add_argument("--scheduler", choices=["ddim", "dpmsolver++"])
-    ap.add_argument("--limit", type=float, help="seconds of driver to animate (default: all of it)")
+    ap.add_argument("--limit", type=float, help="seconds of driver to animate (default, or 0: all of it)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--no-crop", action="store_true", help="use the whole source image, not a face crop")
     ap.add_argument("--crop-only", action="store_true",
@@ -92,6 +93,28 @@ def output_file(output_path: str, pair: Pair, single: bool) -> str:
     return os.path.join(output_path, f"{Path(source).stem}_{Path(driver or audio).stem}.mp4")
 
 
+def check_pair(pair: Pair, out: str, grid: bool) -> bool:
+    """The pair's files exist and are media, and its outputs can be written: checked before anything loads (a
+    second, not the models' minute); False, with one line on stderr, when not."""
+    from megactor.data.video_io import MediaError, probe
+    from megactor.fileio import check_input_file, check_output_file
+
+    source, driver, audio = pair
+    try:
+        check_input_file(source, "source image")
+        for path, role in ((driver, "driver video"), (audio, "audio")):
+            if path:
+                check_input_file(path, role)
+                probe(path)  # not media, or a still image
+        check_output_file(out)
+        if grid:
+            check_output_file(out[:-4] + "_grid.mp4")
+    except (OSError, MediaError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def init_distributed(device: Optional[str]):
     """(this process's share of the windows, its device) under torchrun / accelerate launch; one process otherwise."""
     from megactor.diffusion.sampler import Distributed
@@ -122,6 +145,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    runnable = [(pair, out) for pair, out in zip(pairs, outputs) if check_pair(pair, out, args.grid)]
+    failed = len(pairs) - len(runnable)
+    if not runnable:
+        return 2
     from megactor.animate import Animator, InputError, MediaError
     from megactor.data.video_io import write_video
 
@@ -133,8 +160,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mode = "visual" if args.no_audio else "audio" if args.no_visual else None
-    failed = 0
-    for (source, driver, audio), out in zip(pairs, outputs):
+    for (source, driver, audio), out in runnable:
         try:
             result = animator.animate(source, driver, audio, mode=mode, crop=not args.no_crop, progress=rank == 0,
                                       dist=dist)
@@ -150,9 +176,14 @@ def main(argv=None) -> int:
             continue
         if rank != 0:  # every process holds the same frames; one writes them
             continue
-        write_video(out, result.frames, result.fps, result.audio)
-        if args.grid:
-            write_video(out[:-4] + "_grid.mp4", result.grid(), result.fps, result.audio)
+        try:
+            write_video(out, result.frames, result.fps, result.audio)
+            if args.grid:
+                write_video(out[:-4] + "_grid.mp4", result.grid(), result.fps, result.audio)
+        except Exception as e:  # OSError, or PyAV's own errors: a full disk, a folder gone read-only
+            failed += 1
+            print(f"error: {out}: could not be written ({e})", file=sys.stderr)
+            continue
         times = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
         print(f"wrote {out} ({len(result.frames)} frames at {result.fps:g} fps; {times})")
     if failed and rank == 0:

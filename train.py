@@ -21,10 +21,10 @@ def main(argv=None) -> int:
         from megactor.training.trainer import Trainer
 
         trainer = Trainer(cfg, where=args.config)
-    except (ConfigError, FileNotFoundError) as e:
+        folder = trainer.train()  # its data set is built here: shards without face data fail at once
+    except (ConfigError, OSError) as e:  # OSError: a file missing or unreadable (a corrupt checkpoint)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    folder = trainer.train()
     if trainer.accelerator.is_main_process:
         print(f"stage {cfg.stage} done: model saved to {folder}")
     return 0

@@ -106,13 +106,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
     ap.add_argument("--clips", required=True, help="a folder of synthetic clip_*.mp4 with their .json")
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--num-steps", type=int, default=25, help="denoising steps (num_inference_steps)")
     ap.add_argument("--limit", type=float, default=None, help="seconds of each clip (default: all)")
     ap.add_argument("--grid", default=None, help="also write source | driver | control | result PNGs here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     # the measure reads the model's crop; audio-only is the audio alone, without idle motion's eye control
-    fixed = [f"num_inference_steps={args.steps}", "paste_back=false", "idle_motion=false"]
+    fixed = [f"num_inference_steps={args.num_steps}", "paste_back=false", "idle_motion=false"]
     cfg = load_config(InferenceConfig, args.config, [*fixed, *args.overrides])
     animator = Animator.from_config(cfg)
     paths = sorted(glob.glob(os.path.join(args.clips, "*.mp4")))
@@ -124,7 +124,7 @@ def main():
     for path in paths:
         rows.append(evaluate_clip(animator, path, args.limit, args.grid))
         print(rows[-1], flush=True)
-    print(f"\ncorrelation of the measured mouth opening with the true one ({args.steps} steps)")
+    print(f"\ncorrelation of the measured mouth opening with the true one ({args.num_steps} steps)")
     print("| clip | visual-only | audio-only | driver's own frames (ceiling) |")
     print("|---|---:|---:|---:|")
     for r in rows:

@@ -140,7 +140,7 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--fps", type=float, default=25.0)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--num-steps", type=int, default=25, help="denoising steps (num_inference_steps)")
     ap.add_argument("--variants", default=",".join(v.name for v in VARIANTS),
                     help="comma-separated names; the first is the reference of the output comparison")
     ap.add_argument("--no-compile", action="store_true")
@@ -159,7 +159,7 @@ def main():
         save_random_weights(tmp)
         model_cfg.codec = CodecConfig(type="vae", path=os.path.join(tmp, "vae"))
         model_cfg.audio_encoder = AudioEncoderConfig(path=os.path.join(tmp, "whisper"))
-    base_cfg = InferenceConfig(model=model_cfg, sample_size=args.size, num_inference_steps=args.steps, dtype="bf16",
+    base_cfg = InferenceConfig(model=model_cfg, sample_size=args.size, num_inference_steps=args.num_steps, dtype="bf16",
                                paste_back=False, idle_motion=False,  # the square crop the model makes
                                guidance=GuidanceConfig(audio_scale=2.5, visual_scale=1.5),
                                context=ContextConfig(16, 2))

@@ -4,7 +4,7 @@
 # the held-out clips (2 s each, 15 steps). Assumes the quickstart's data (data/synthetic/{curated,heldout}).
 #   bash bench/tiny_sweep.sh "NAME|overrides for every stage|stage 1 overrides|stage 2 overrides" ...
 #   bash bench/tiny_sweep.sh "base|||" "fp30|face_parts_loss_weight=30||" "lr4e-3||learning_rate=4e-3|"
-# FOLLOW_ARGS replaces follow_eval's "--limit 2 --steps 15"; PYTHON and TRAIN the interpreter and trainer.
+# FOLLOW_ARGS replaces follow_eval's "--limit 2 --num-steps 15"; PYTHON and TRAIN the interpreter and trainer.
 # Prints one line per variant (mean correlation: visual-only, audio-only, ceiling); runs in ${SWEEP_DIR:-runs/sweep}.
 set -uo pipefail
 dir=${SWEEP_DIR:-runs/sweep}
@@ -21,7 +21,7 @@ variant() {
         init="init_checkpoint=$run/stage$stage/model"
     done
     $python bench/follow_eval.py --config configs/inference/tiny/inference.yaml --clips data/synthetic/heldout \
-        ${FOLLOW_ARGS:---limit 2 --steps 15} "checkpoint=$run/stage3/model" > "$run.eval" 2>&1
+        ${FOLLOW_ARGS:---limit 2 --num-steps 15} "checkpoint=$run/stage3/model" > "$run.eval" 2>&1
     echo "$name: $(grep -h '\*\*mean' "$run.eval" || echo "follow_eval failed, see $run.eval")"
 }
 mkdir -p "$dir"

@@ -198,6 +198,8 @@ class Animator:
             image = np.asarray(source)
         name = source if isinstance(source, str) else "source image"
         faces = self.faces.detect(image)
+        if len(faces) > 1:
+            logger.warning("%s: %d faces found; animating the largest", name, len(faces))
         if crop:
             if not faces:
                 raise InputError(f"{name}: no face found", "no_crop")
@@ -215,6 +217,10 @@ class Animator:
         found = [max(fs, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])) if fs else None for fs in tracked]
         if not any(f is not None for f in found):
             raise InputError(f"{name}: no face found in the driver video (visual driving needs one)")
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            logger.warning("%s: no face in %d of %d driver frames (from frame %d): their control is black", name,
+                           len(missing), len(found), missing[0])
         shape = next(f for f in found if f is not None).landmarks.shape
         return np.stack([f.landmarks if f is not None else np.full(shape, np.nan, np.float32) for f in found])
 
@@ -233,6 +239,9 @@ class Animator:
         cfg, timings = self.cfg, {}
         timer = partial(self._timer, timings, on_stage=on_stage)  # timer(name): a context that times a stage
         limit = cfg.limit if limit is None else limit
+        if limit is not None and limit < 0:
+            raise InputError(f"limit={limit:g}: seconds of driver must be positive (0: the whole driver)")
+        limit = limit or None  # 0 means the whole driver, as in the demo
         with timer("read_inputs"):
             clip = read_video(driver, max_seconds=limit) if driver else None
             if audio:

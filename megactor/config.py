@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -213,7 +213,7 @@ class TrainConfig:
     resume: Optional[str] = None  # "latest" or a checkpoint folder of this run
     seed: int = 0
     train_data: TrainDataConfig = field(default_factory=TrainDataConfig)
-    trainable_modules: List[str] = field(default_factory=lambda: ["blocks"])
+    trainable_modules: Optional[List[str]] = None  # groups or name regexes; None: stages.DEFAULT_TRAINABLE
     learning_rate: float = 1e-4
     lr_scheduler: str = "constant_with_warmup"
     lr_warmup_steps: int = 100
@@ -318,7 +318,11 @@ def load_config(schema_cls, path: Optional[str] = None, overrides: Sequence[str]
         cfg = _merge(cfg, file_cfg, file)
     cfg = _merge(cfg, cli_cfg, "command line")
     obj = OmegaConf.to_object(cfg)
-    validate(obj, path or "config")
+
+    def where(*keys: str) -> str:  # a value set on the command line is blamed there, not on the file
+        return "command line" if any(OmegaConf.select(cli_cfg, k) is not None for k in keys) else path or "config"
+
+    validate(obj, where)
     return obj
 
 
@@ -336,35 +340,64 @@ def config_from_dict(schema_cls, data: dict, where: str = "dict") -> Any:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_choice(where: str, key: str, value: Any, choices: Sequence[Any]) -> None:
+Where = Callable[..., str]  # the keys a check reads -> where their values came from ("command line" or a file)
+
+
+def _where(where: Union[str, Where]) -> Where:
+    return where if callable(where) else (lambda *keys: where)
+
+
+def _check_choice(where: Where, key: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
-        raise ConfigError(f"{where}: {key}={value!r} must be one of {list(choices)}")
+        raise ConfigError(f"{where(key)}: {key}={value!r} must be one of {list(choices)}")
 
 
-def _check_range(where: str, key: str, value: float, lo: float, hi: float) -> None:
+def _check_range(where: Where, key: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
-        raise ConfigError(f"{where}: {key}={value!r} must lie in [{lo}, {hi}]")
+        raise ConfigError(f"{where(key)}: {key}={value!r} must lie in [{lo}, {hi}]")
 
 
-def validate_model(m: ModelConfig, where: str) -> None:
+def _check_at_least(where: Where, key: str, value: Optional[float], lo: float, meaning: str = "") -> None:
+    if value is not None and value < lo:
+        raise ConfigError(f"{where(key)}: {key}={value!r} must be at least {lo:g}{meaning}")
+
+
+def validate_model(m: ModelConfig, where: Union[str, Where]) -> None:
+    where = _where(where)
     _check_choice(where, "model.codec.type", m.codec.type, ["pixel", "vae"])
     _check_choice(where, "model.attention", m.attention, ["sdpa", "xformers"])
     if m.width % m.num_heads:
-        raise ConfigError(f"{where}: model.width={m.width} is not divisible by model.num_heads={m.num_heads}")
+        raise ConfigError(f"{where('model.width', 'model.num_heads')}: model.width={m.width} is not divisible by "
+                          f"model.num_heads={m.num_heads}")
     if m.codec.type == "pixel" and m.in_channels != 3 * m.codec.factor**2:
         raise ConfigError(
-            f"{where}: model.in_channels={m.in_channels} must be 3*factor^2={3 * m.codec.factor**2} "
-            f"for the pixel codec (model.codec.factor={m.codec.factor})"
+            f"{where('model.in_channels', 'model.codec.factor')}: model.in_channels={m.in_channels} must be "
+            f"3*factor^2={3 * m.codec.factor**2} for the pixel codec (model.codec.factor={m.codec.factor})"
         )
 
 
-def validate(cfg: Any, where: str) -> None:
-    """Checks that types alone cannot express. Existence of files is checked by the entry points."""
+def validate_schedule(ns: NoiseSchedulerConfig, where: Union[str, Where],
+                      prefix: str = "noise_scheduler_kwargs.") -> None:
+    where = _where(where)
+    _check_choice(where, prefix + "prediction_type", ns.prediction_type, ["epsilon", "v_prediction"])
+    if ns.prediction_type == "epsilon" and ns.rescale_betas_zero_snr:
+        keys = (prefix + "prediction_type", prefix + "rescale_betas_zero_snr")
+        raise ConfigError(f"{where(*keys)}: {keys[0]}=epsilon cannot be sampled with {keys[1]}=true (at the last "
+                          "step the signal's share is 0 and DDIM divides by it): use v_prediction, or set "
+                          f"{keys[1]}=false")
+
+
+def validate(cfg: Any, where: Union[str, Where]) -> None:
+    """Checks that types alone cannot express. Existence of files is checked by the entry points.
+
+    ``where`` names the config's source, or maps the keys a check reads to theirs (``load_config``).
+    """
+    where = _where(where)
     if hasattr(cfg, "model"):
         validate_model(cfg.model, where)
     ns = getattr(cfg, "noise_scheduler_kwargs", None)
     if ns is not None:
-        _check_choice(where, "noise_scheduler_kwargs.prediction_type", ns.prediction_type, ["epsilon", "v_prediction"])
+        validate_schedule(ns, where)
     if isinstance(cfg, TrainConfig):
         _check_choice(where, "stage", cfg.stage, [1, 2, 3])
         _check_choice(where, "mixed_precision_dtype", cfg.mixed_precision_dtype, ["bf16", "fp16"])
@@ -373,20 +406,27 @@ def validate(cfg: Any, where: str) -> None:
         _check_range(where, "train_data.use_both_ratio", d.use_both_ratio, 0.0, 1.0)
         _check_range(where, "train_data.uncond_ratio", d.uncond_ratio, 0.0, 1.0)
         if d.use_audio_ratio + d.use_both_ratio + d.uncond_ratio > 1.0 + 1e-9:
-            raise ConfigError(f"{where}: train_data.use_audio_ratio + train_data.use_both_ratio + "
-                              "train_data.uncond_ratio must not exceed 1")
+            keys = ("train_data.use_audio_ratio", "train_data.use_both_ratio", "train_data.uncond_ratio")
+            raise ConfigError(f"{where(*keys)}: {' + '.join(keys)} must not exceed 1")
         if d.video_length < 1 or d.frame_stride < 1:
-            raise ConfigError(f"{where}: train_data.video_length and train_data.frame_stride must be >= 1")
-        if not cfg.trainable_modules:
-            raise ConfigError(f"{where}: trainable_modules is empty")
+            raise ConfigError(f"{where('train_data.video_length', 'train_data.frame_stride')}: "
+                              "train_data.video_length and train_data.frame_stride must be >= 1")
+        if cfg.trainable_modules is not None and not cfg.trainable_modules:
+            raise ConfigError(f"{where('trainable_modules')}: trainable_modules is empty (leave it out for the "
+                              "stage's default)")
+        _check_at_least(where, "validation.num_inference_steps", cfg.validation.num_inference_steps, 1)
+        _check_at_least(where, "validation.limit", cfg.validation.limit, 0, " (0 or null: the whole driver)")
     if isinstance(cfg, InferenceConfig):
         _check_choice(where, "scheduler", cfg.scheduler, ["ddim", "dpmsolver++"])
         _check_choice(where, "dtype", cfg.dtype, ["fp32", "bf16", "fp16"])
         _check_range(where, "idle_motion_strength", cfg.idle_motion_strength, 0.0, 5.0)
+        _check_at_least(where, "num_inference_steps", cfg.num_inference_steps, 1)
+        _check_at_least(where, "limit", cfg.limit, 0, " (0 or null: the whole driver)")
         c = cfg.context
         if not 0 <= c.context_overlap < c.context_frames:
             raise ConfigError(
-                f"{where}: context.context_overlap={c.context_overlap} must be in [0, context.context_frames)"
+                f"{where('context.context_overlap', 'context.context_frames')}: context.context_overlap="
+                f"{c.context_overlap} must be in [0, context.context_frames)"
             )
         _check_choice(where, "context.layout", c.layout, ["fewest", "shifted"])
         interval = cfg.guidance.interval
@@ -396,8 +436,9 @@ def validate(cfg: Any, where: str) -> None:
         n = len(cfg.source_image)
         if len(cfg.video_path) not in (0, n) or len(cfg.audio_path) not in (0, n):
             raise ConfigError(
-                f"{where}: source_image ({n}), video_path ({len(cfg.video_path)}) and audio_path "
-                f"({len(cfg.audio_path)}) must list the same number of entries (or none)"
+                f"{where('source_image', 'video_path', 'audio_path')}: source_image ({n}), video_path "
+                f"({len(cfg.video_path)}) and audio_path ({len(cfg.audio_path)}) must list the same number of "
+                "entries (or none)"
             )
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from megactor.animate import Animator
 from megactor.config import InferenceConfig, load_config
@@ -92,7 +93,10 @@ def test_unpaired_audio_from_another_file(animator, clips):
     assert len(result.frames) == 30
 
 
-def test_ten_second_driver_in_8_frame_windows(animator, long_driver):
+def test_ten_second_driver_in_8_frame_windows(animator, long_driver, monkeypatch):
+    latents = []
+    denoise = animator._denoise
+    monkeypatch.setattr(animator, "_denoise", lambda *a: latents.append(denoise(*a)) or latents[-1])
     animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 8, 2
     animator.cfg.paste_back = False
     try:
@@ -100,8 +104,8 @@ def test_ten_second_driver_in_8_frame_windows(animator, long_driver):
     finally:
         animator.cfg.context.context_frames, animator.cfg.context.context_overlap = 16, 4
         animator.cfg.paste_back = True
-    assert result.frames.shape == (300, 64, 64, 3)
-    assert np.isfinite(result.frames).all() and result.frames.std() > 0
+    assert result.frames.shape == (300, 64, 64, 3) and result.frames.std() > 0
+    assert latents[0].shape[2] == 300 and torch.isfinite(latents[0]).all()  # before clamping to uint8 hides a NaN
 
 
 def animator_source():
@@ -278,3 +282,111 @@ def test_a_missing_checkpoint_fails_before_torch_is_imported_naming_the_path_and
     assert (f"checkpoint runs/tiny/stage3/model: no such folder (looked for {tmp_path}/runs/tiny/stage3/model, "
             f"relative to the working directory {tmp_path})") in run.stderr
     assert "add checkpoint= to run a randomly initialised model" in run.stderr
+
+
+@pytest.fixture(scope="module")
+def short_driver(clips, tmp_path_factory):
+    """0.4 s of a real driver (12 frames at 30 fps), with its audio."""
+    clip = read_video(clips[0][0], max_seconds=0.4)
+    out = tmp_path_factory.mktemp("short") / "short.mp4"
+    write_video(str(out), clip.frames, clip.fps, clip.audio)
+    return str(out)
+
+
+def test_limit_zero_is_the_whole_driver_and_a_negative_one_is_refused(animator, short_driver, tmp_path, capsys):
+    from megactor.animate import InputError
+
+    assert len(animator.animate(animator_source(), short_driver, limit=0, progress=False).frames) == 12
+    with pytest.raises(InputError, match="limit=-1"):
+        animator.animate(animator_source(), short_driver, limit=-1, progress=False)
+    out = tmp_path / "o.mp4"
+    assert run_cli(tmp_path, "--source", animator_source(), "--driver", short_driver, "--limit", "0",
+                   "--output-path", str(out)) == 0
+    assert read_video(str(out), with_audio=False).num_frames == 12
+    assert eval_audio.main(["--config", str(ROOT / "configs/inference/tiny/inference.yaml"), "--source",
+                            animator_source(), "--driver", short_driver, "--num-steps", "-1"]) == 2
+    assert "num_inference_steps=-1 must be at least 1" in capsys.readouterr().err
+
+
+def test_two_faces_in_the_source_and_faceless_driver_frames_are_each_one_warning(animator, clips, tmp_path, caplog):
+    from PIL import Image
+
+    sources = [np.asarray(Image.open(p).convert("RGB").resize((256, 256))) for p in clips[1][:2]]
+    pair = tmp_path / "pair.png"
+    Image.fromarray(np.concatenate([sources[0], sources[1][::2, ::2].repeat(2, 0).repeat(2, 1)], 1)).save(pair)
+    clip = read_video(clips[0][0], max_seconds=0.4)
+    frames = clip.frames.copy()
+    frames[4:7] = 0  # three frames without a face
+    driver = tmp_path / "gap.mp4"
+    write_video(str(driver), frames, clip.fps, clip.audio)
+    with caplog.at_level("WARNING", logger="megactor.animate"):
+        animator.animate(str(pair), str(driver), mode="visual", progress=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("2 faces found; animating the largest" in m for m in lines) == 1, lines
+    assert sum("no face in 3 of 12 driver frames (from frame 4): their control is black" in m for m in lines) == 1
+
+
+def test_inputs_and_outputs_are_checked_before_any_model_loads(tmp_path, clips, capsys, monkeypatch):
+    from megactor.animate import Animator as Loaded
+
+    def no_loading(*a, **kw):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(Loaded, "from_config", no_loading)
+    assert run_cli(tmp_path, "--source", str(tmp_path / "gone.png"), "--driver", clips[0][0]) == 2
+    assert "gone.png: no such file" in capsys.readouterr().err
+    (tmp_path / "taken.mp4").mkdir()
+    assert run_cli(tmp_path, "--source", clips[1][0], "--driver", clips[0][0],
+                   "--output-path", str(tmp_path / "taken.mp4")) == 2
+    assert "taken.mp4: is a folder" in capsys.readouterr().err
+    assert run_cli(tmp_path, "--source", clips[1][0], "--driver", clips[0][0],
+                   "--output-path", "/sys/megactor/out.mp4") == 2
+    assert "/sys/megactor/out.mp4: cannot be written" in capsys.readouterr().err
+    still = tmp_path / "still.mp4"
+    still.write_bytes(Path(clips[1][0]).read_bytes())  # a PNG
+    assert run_cli(tmp_path, "--source", clips[1][0], "--driver", str(still)) == 2
+    assert f"{still}: is a still image (png), not a video" in capsys.readouterr().err
+
+
+def test_a_failed_write_is_one_line_and_the_batch_goes_on(tmp_path, clips, short_driver, capsys, monkeypatch):
+    from megactor.data import video_io
+
+    drivers, sources = clips
+    cfg = tmp_path / "pairs.yaml"
+    cfg.write_text("model:\n  preset: tiny\nsample_size: 64\n"
+                   f"source_image: [{sources[0]}, {sources[1]}]\nvideo_path: [{short_driver}, {short_driver}]\n")
+    real = video_io.write_video
+
+    def full_disk(path, *a, **kw):
+        if Path(path).name == f"{Path(sources[0]).stem}_short.mp4":
+            raise OSError(28, "No space left on device")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(video_io, "write_video", full_disk)
+    assert eval_audio.main(["--config", str(cfg), "--output-path", str(tmp_path / "out"), *STEPS]) == 1
+    err = capsys.readouterr().err
+    failed = Path(tmp_path / "out" / f"{Path(sources[0]).stem}_short.mp4")
+    assert f"error: {failed}: could not be written ([Errno 28] No space left on device)" in err
+    assert "Traceback" not in err and "1 of 2 pairs failed" in err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{Path(sources[1]).stem}_short.mp4"]
+
+
+def test_muxed_audio_ends_with_the_video(tmp_path):
+    from megactor.data.video_io import read_audio
+
+    audio = np.random.default_rng(0).uniform(-0.1, 0.1, 32000).astype(np.float32)
+    write_video(str(tmp_path / "a.mp4"), np.zeros((50, 32, 32, 3), np.uint8), 25.0, audio)  # 2.00 s
+    assert len(read_audio(str(tmp_path / "a.mp4"))) == 32000  # not the AAC frames' 32768 (2.05 s)
+    assert len(read_video(str(tmp_path / "a.mp4")).audio) == 32000
+
+
+def test_one_name_for_the_denoising_steps_in_every_entry_point():
+    import subprocess
+
+    help_no_audio = eval_audio.parse_args(["--config", "x"])
+    assert help_no_audio.num_steps is None
+    for script in ("eval_audio.py", "bench/follow_eval.py", "bench/infer_bench.py"):
+        text = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True).stdout
+        assert "--num-steps" in text and "--steps " not in text, script
+        if script == "eval_audio.py":
+            assert "still carries the driver's audio" in " ".join(text.split())

@@ -96,3 +96,31 @@ def test_every_presets_stages_share_one_base():
                          for j in own[k] if base[k].get(j, object()) == own[k][j]]
             assert not repeated, f"{path} restates {repeated}"
             assert load_config(TrainConfig, str(path)).stage == stage
+
+
+def test_epsilon_with_zero_terminal_snr_is_refused_naming_both_keys():
+    with pytest.raises(ConfigError, match=r"prediction_type=epsilon.*rescale_betas_zero_snr=true"):
+        load_config(TrainConfig, None, ["noise_scheduler_kwargs.rescale_betas_zero_snr=true"])
+    with pytest.raises(ConfigError, match="rescale_betas_zero_snr"):
+        load_config(InferenceConfig, None, ["noise_scheduler_kwargs={rescale_betas_zero_snr: true}"])
+    load_config(TrainConfig, None, ["noise_scheduler_kwargs.rescale_betas_zero_snr=true",
+                                    "noise_scheduler_kwargs.prediction_type=v_prediction"])
+
+
+@pytest.mark.parametrize("override, key", [("num_inference_steps=0", "num_inference_steps"),
+                                           ("num_inference_steps=-1", "num_inference_steps"),
+                                           ("limit=-2", "limit"), ("validation.num_inference_steps=0", None)])
+def test_steps_and_limit_are_checked(override, key):
+    schema = TrainConfig if override.startswith("validation.") else InferenceConfig
+    with pytest.raises(ConfigError, match=rf"command line: {key or override.split('=')[0]}=-?[\d.]+ must be at least"):
+        load_config(schema, None, [override])
+    assert load_config(InferenceConfig, None, ["limit=0"]).limit == 0  # 0: the whole driver, as in the demo
+
+
+def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
+    path = write(tmp_path, "scheduler: ddim\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"^command line: scheduler='euler'"):
+        load_config(InferenceConfig, path, ["scheduler=euler"])
+    path = write(tmp_path, "scheduler: euler\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: scheduler='euler'"):
+        load_config(InferenceConfig, path, ["seed=3"])

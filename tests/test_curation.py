@@ -197,3 +197,85 @@ def test_killed_run_resumes_to_the_same_shards(testcases, tmp_path):
     metas = [r.read_json() for r in refs if r.key.startswith("audio_CHTF_2")]
     assert [m["source_meta"]["mouth_opening"] for m in metas] == [list(range(45)), list(range(45, 90))]
     assert all(m["source_meta"]["params"] == truth["params"] for m in metas)
+
+
+def test_an_output_folder_inside_the_input_is_not_read_as_input(testcases, tmp_path):
+    from megactor.curation.pack import Pack
+
+    src = tmp_path / "in"
+    frames, audio, fps = small_clip(sorted((testcases / "driver").glob("*.mp4"))[0], 96, 1.0)
+    write_video(str(src / "talk.mp4"), frames, fps, audio)
+    out = src / "curated"
+    cfg = load_curation_config(["clip_seconds=1", "min_clip_seconds=0.5", "workers=1"])
+    for _ in range(2):  # the second run finds the first one's clip files under the input folder
+        curate(str(src), str(out), cfg, steps=["pack"])
+    assert [item.source[0] for item in Pack().items(str(src), str(out))] == ["talk.mp4"]
+    records = [json.loads(line) for line in (out / "1_pack" / "records.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in records} == {"talk.mp4"}
+
+
+def test_a_still_image_named_mp4_is_not_a_one_frame_video(testcases, tmp_path):
+    from megactor.curation.pack import Pack
+    from megactor.curation.runner import Item
+    from megactor.data.video_io import MediaError, probe
+
+    still = tmp_path / "portrait.mp4"
+    still.write_bytes(sorted((testcases / "source").glob("*.png"))[0].read_bytes())
+    with pytest.raises(MediaError, match="portrait.mp4: is a still image"):
+        read_video(str(still))
+    with pytest.raises(MediaError, match="still image"):
+        probe(str(still))
+    [clip] = Pack().process(Item("portrait", ("portrait.mp4", str(still))), load_curation_config([]), str(tmp_path))
+    assert clip["record"]["reason"] == "unreadable" and "still image" in clip["record"]["error"]
+
+
+def _process_table() -> dict:
+    """{pid: (parent pid, state)} of the running processes, from /proc."""
+    table = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        table[int(name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def _descendants(pid: int) -> set:
+    table, found = _process_table(), set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, (parent, _) in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids) -> set:
+    table = _process_table()
+    return {p for p in pids if p in table and table[p][1] not in "ZX"}  # a zombie has ended
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the process table from /proc")
+def test_workers_end_when_curate_is_killed(tmp_path):
+    """kill -9 of the main process: its forkserver, workers and resource tracker end within seconds."""
+    src = tmp_path / "in"
+    noise = np.random.default_rng(0).integers(0, 256, (75, 96, 96, 3), dtype=np.uint8)
+    for i in range(6):
+        write_video(str(src / f"clip{i}.mp4"), noise, 25.0, np.zeros(48000, np.float32))
+    cmd = [sys.executable, str(REPO / "data_processing" / "curate.py"), "--input-dir", str(src),
+           "--output-dir", str(tmp_path / "out"), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, family = time.time() + 120, set()
+    while len(family) < 3:  # the forkserver and the resource tracker, and a worker under the forkserver
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its workers started"
+        family = _descendants(proc.pid)
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while _alive(family) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in _alive(family)}
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)  # the leaked ones, so that a failure leaves none behind
+    assert not alive, alive

@@ -1,13 +1,15 @@
 """ClipDataset: sample contents, mode ratios, reference distance, disjoint shares, exact resume, corrupt samples."""
 import json
 import logging
+import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from megactor.config import AugmentConfig, TrainDataConfig
+from megactor.config import AugmentConfig, ConfigError, TrainDataConfig
 from megactor.curation.config import load_curation_config
 from megactor.curation.pipeline import curate
 from megactor.data.dataset import ClipDataset, FrameCache, batches_before, collate_clips, plan_sample
@@ -194,3 +196,23 @@ def test_control_parts_lie_on_the_target_frames_parts(shard_dir):
         shown, parts = s["control"][0] > -1, s["face_parts"].bool()  # (1, S, S) each
         ious.append(float((shown & parts).sum() / (shown | parts).sum()))
     assert min(ious) > 0.7 and np.mean(ious) > 0.8, np.round(ious, 2)  # 0.80-1.00; onto the reference: 0.18-0.81
+
+
+def test_an_unreadable_shard_is_skipped_counted_and_named(shard_dir, tmp_path, caplog):
+    good = list_shards(shard_dir)[0]
+    shutil.copy(good, tmp_path / "shard-000000.tar")
+    data = open(good, "rb").read()
+    (tmp_path / "shard-000001.tar").write_bytes(data[:700])  # truncated inside its first header block's member
+    (tmp_path / "shard-000002.tar").write_bytes(b"\x00\x01 not a tar" * 100)
+    with caplog.at_level(logging.WARNING, logger="megactor.data.dataset"):
+        ds = ClipDataset(config(str(tmp_path)), seed=0)
+    assert len(ds) == len(index_shard(good)) and len(ds.skipped_shards) >= 1
+    assert all(p.endswith(("shard-000001.tar", "shard-000002.tar")) for p in ds.skipped_shards)
+    assert "skipped an unreadable shard" in caplog.text and ds.skipped_shards[0] in caplog.text
+    assert take(ds, 2)[0]["pixel_values"].shape == (3, 4, 64, 64)
+
+
+def test_shards_without_face_data_say_which_step_adds_it(shard_dir):
+    pack_shards = os.path.join(os.path.dirname(os.path.dirname(shard_dir)), "1_pack", "shards")
+    with pytest.raises(ConfigError, match=r"hold no face data .*1_pack\.py.*2_face_filter\.py"):
+        ClipDataset(config(pack_shards), seed=0)

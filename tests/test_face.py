@@ -224,3 +224,19 @@ def test_dwpose_maps_keypoints_back_to_the_image(tmp_path, monkeypatch):
         assert faces[0].score == pytest.approx(0.9)
         monkeypatch.setattr(_FakeSession, "confidence", 0.1)  # below min_score
         assert analyser.detect(image) == []
+
+
+def test_mediapipe_writes_no_log_lines(testcases):
+    """Its C++ graph logs to file descriptor 2 (absl, TFLite), past GLOG_minloglevel: silenced where it runs."""
+    import subprocess
+
+    code = ("import sys, numpy as np; from PIL import Image; from megactor.data.face import build_face_analyser; "
+            "from megactor.data.video_io import read_video; a = build_face_analyser(); "
+            f"a.detect(np.asarray(Image.open({str(PORTRAITS[0])!r}).convert('RGB'))); "
+            f"a.track(read_video({str(CLIPS[0])!r}, max_seconds=0.2).frames); a.close(); "
+            "print('python still reaches stderr', file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_minloglevel"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.strip() == "python still reaches stderr", run.stderr[:2000]

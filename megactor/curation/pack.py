@@ -28,11 +28,13 @@ def item_key(rel_path: str) -> str:
     return f"{stem}-{hashlib.sha1(rel_path.encode()).hexdigest()[:8]}"
 
 
-def find_videos(folder: str) -> list[str]:
-    """Video files under ``folder`` (recursively, by extension, case-insensitive), sorted relative paths."""
+def find_videos(folder: str, exclude: str | None = None) -> list[str]:
+    """Video files under ``folder`` (recursively, by extension, case-insensitive), sorted relative paths; the
+    folder ``exclude`` (the curation's own output, when it lies inside the input) is not entered."""
     found = []
+    skip = os.path.realpath(exclude) if exclude else None
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
         found += [os.path.relpath(os.path.join(root, n), folder) for n in files
                   if os.path.splitext(n)[1].lower() in VIDEO_EXTS and not n.startswith(".")]
     return sorted(found)
@@ -59,7 +61,7 @@ class Pack(Step):
     def items(self, in_dir: str, out_dir: str) -> list[Item]:
         if not os.path.isdir(in_dir):
             raise FileNotFoundError(f"input folder {in_dir} does not exist")
-        videos = [Item(item_key(rel), (rel, os.path.join(in_dir, rel))) for rel in find_videos(in_dir)]
+        videos = [Item(item_key(rel), (rel, os.path.join(in_dir, rel))) for rel in find_videos(in_dir, out_dir)]
         return sorted(videos, key=lambda it: it.key)
 
     def process(self, item: Item, cfg: CurationConfig, item_dir: str) -> list[dict]:

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from megactor.curation.config import CurationConfig  # noqa: E402
-from megactor.curation.runner import Step, iter_records, write_atomic  # noqa: E402
+from megactor.curation.runner import Step, iter_records  # noqa: E402
+from megactor.fileio import write_bytes  # noqa: E402
 
 # metric -> its filter limits (lower, upper) under a config, drawn on its histogram
 HISTOGRAMS = {
@@ -49,11 +50,11 @@ def build_table(out_dir: str, steps: list[Step]) -> pd.DataFrame:
 def write_table(table: pd.DataFrame, out_dir: str) -> list[str]:
     """metrics.csv, plus metrics.parquet when pyarrow is installed; atomically."""
     paths = [os.path.join(out_dir, "metrics.csv")]
-    write_atomic(paths[0], table.to_csv(index=False).encode())
+    write_bytes(paths[0], table.to_csv(index=False).encode())
     if importlib.util.find_spec("pyarrow") is None:
         return paths
     paths.append(os.path.join(out_dir, "metrics.parquet"))
-    write_atomic(paths[1], table.to_parquet(index=False))
+    write_bytes(paths[1], table.to_parquet(index=False))
     return paths
 
 
@@ -110,7 +111,7 @@ def write_report(out_dir: str, cfg: CurationConfig, steps: list[Step]) -> str:
     table = build_table(out_dir, steps)
     if table.empty:
         text = "- no input found"
-        write_atomic(os.path.join(out_dir, "report.md"), f"# Curation report\n\n{text}\n".encode())
+        write_bytes(os.path.join(out_dir, "report.md"), f"# Curation report\n\n{text}\n".encode())
         return text
     write_table(table, out_dir)
     os.makedirs(os.path.join(out_dir, "report"), exist_ok=True)
@@ -122,5 +123,5 @@ def write_report(out_dir: str, cfg: CurationConfig, steps: list[Step]) -> str:
     text = summary(table)
     body = "\n\n".join(["# Curation report", text, "## Metrics", quantile_table(table), "## Histograms",
                         "\n".join(figures)])
-    write_atomic(os.path.join(out_dir, "report.md"), (body + "\n").encode())
+    write_bytes(os.path.join(out_dir, "report.md"), (body + "\n").encode())
     return text

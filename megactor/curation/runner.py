@@ -24,9 +24,10 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-import tempfile
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from megactor.curation.config import CurationConfig
 from megactor.data.shards import SHARD_PATTERN, SampleRef, index_shard, list_shards, plan_shards, write_shard
+from megactor.fileio import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +46,6 @@ log = logging.getLogger(__name__)
 class Item:
     key: str  # unique and file-name safe; items are sharded in key order
     source: Any  # what Step.process reads: a video path, a SampleRef
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are for everyone who may read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def dump_json(obj: Any) -> bytes:
@@ -133,23 +119,38 @@ def _write_entries(step: Step, item: Item, clips: list[dict], work_dir: str, out
         if clip["json"] is not None:
             data = dump_json(clip["json"])
             name = os.path.join(item_dir, record["key"] + ".json")
-            write_atomic(name, data)
+            write_bytes(name, data)
             mp4 = {**clip["mp4"], "path": os.path.relpath(clip["mp4"]["path"], out_dir)}
             sample = {"json": os.path.relpath(name, out_dir), "json_size": len(data), "mp4": mp4}
         entries.append({"record": record, "sample": sample})
-    write_atomic(_work_path(work_dir, item), dump_json(entries))
+    write_bytes(_work_path(work_dir, item), dump_json(entries))
     if os.path.exists(_started_path(work_dir, item)):
         os.remove(_started_path(work_dir, item))
 
 
-def _init_worker(step: Step, cfg: CurationConfig, work_dir: str, out_dir: str) -> None:
+def _exit_with(parent: int, period: float = 0.5) -> None:
+    """End this process soon after process ``parent`` is gone (killed with -9, it cannot tell its workers): a
+    worker blocks on its task queue, and with it the forkserver and resource tracker, for as long as it lives."""
+    def watch():
+        while True:
+            time.sleep(period)
+            try:
+                os.kill(parent, 0)
+            except (ProcessLookupError, PermissionError):  # gone, or its pid taken by someone else's process
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(step: Step, cfg: CurationConfig, work_dir: str, out_dir: str, parent: int) -> None:
+    _exit_with(parent)
     step.setup(cfg)
     _WORKER.update(step=step, cfg=cfg, work_dir=work_dir, out_dir=out_dir)
 
 
 def _run_in_worker(item: Item) -> None:
     step, cfg, work_dir, out_dir = (_WORKER[k] for k in ("step", "cfg", "work_dir", "out_dir"))
-    write_atomic(_started_path(work_dir, item), b"")  # tells the parent who was running if this process dies
+    write_bytes(_started_path(work_dir, item), b"")  # tells the parent who was running if this process dies
     try:
         clips = step.process(item, cfg, os.path.join(work_dir, item.key))
     except Exception as e:  # a bug or an unforeseen fault in one item must not stop the others
@@ -164,7 +165,7 @@ def _run_pool(step: Step, items: list[Item], cfg: CurationConfig, work_dir: str,
     ctx = mp.get_context("forkserver")  # workers start clean: no analyser or decoder state of this process
     ctx.set_forkserver_preload(["megactor.curation.pipeline"])  # imported once, in the server they fork from
     with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(step, cfg, work_dir, out_dir)) as pool:
+                             initargs=(step, cfg, work_dir, out_dir, os.getpid())) as pool:
         for future in as_completed([pool.submit(_run_in_worker, item) for item in items]):
             try:
                 future.result()
@@ -227,7 +228,7 @@ def write_shards(shard_dir: str, samples: list[tuple[str, dict]], max_mb: float,
     if old_plan != plan:
         for path in list_shards(shard_dir):
             os.remove(path)
-        write_atomic(plan_path, json.dumps(plan).encode())
+        write_bytes(plan_path, json.dumps(plan).encode())
     by_key = dict(samples)
     paths = []
     for i, keys in enumerate(tqdm(plan, desc=f"{desc} shards", unit="shard")):
@@ -259,7 +260,7 @@ def run_step(step: Step, in_dir: str, out_dir: str, cfg: CurationConfig) -> list
                 kept.append((record["key"], entry["sample"]))
     write_shards(step.shard_dir(out_dir), kept, cfg.shard_size_mb, out_dir,
                  os.path.join(folder, "plan.json"), step.folder)
-    write_atomic(os.path.join(folder, "records.jsonl"), b"".join(dump_json(r) + b"\n" for r in records))
+    write_bytes(os.path.join(folder, "records.jsonl"), b"".join(dump_json(r) + b"\n" for r in records))
     dropped = len(records) - len(kept)
     log.info("%s: %d kept, %d dropped", step.name, len(kept), dropped)
     return records

@@ -87,7 +87,7 @@ def crop_and_resize(image: np.ndarray, box: np.ndarray, size: int, pad: str = "e
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def _centre_matrix(matrix: np.ndarray) -> np.ndarray:
+def centre_matrix(matrix: np.ndarray) -> np.ndarray:
     """The same map in cv2's pixel-centre coordinates: x_c = x - 0.5."""
     out = np.array(matrix, np.float64)
     out[:, 2] += out[:, :2].sum(1) * 0.5 - 0.5
@@ -111,7 +111,7 @@ def clip_alignment(driver_landmarks: np.ndarray, source_landmarks: np.ndarray) -
 
 def warp_frames(frames: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
     """(T, H, W, C) -> (T, out_size, out_size, C) by the (2, 3) ``matrix``, black outside."""
-    m = _centre_matrix(matrix)
+    m = centre_matrix(matrix)
     return np.stack([cv2.warpAffine(f, m, (out_size, out_size), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0) for f in frames])
 

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from megactor.config import AugmentConfig, TrainDataConfig
+from megactor.config import AugmentConfig, ConfigError, TrainDataConfig
 from megactor.data.control import (control_frames, crop_and_resize, crop_matrix, face_crop_box, patch_mask,
                                    transform_points, warp_frames)
 from megactor.data.shards import (SampleRef, decode_audio, decode_frames, decode_selected_frames, index_shard,
@@ -92,6 +92,19 @@ MAX_ATTEMPTS = 16
 
 class CorruptSample(ValueError):
     """A sample that cannot be used; the message names it and why."""
+
+
+def require_face_data(ref: SampleRef) -> None:
+    """ConfigError when the shard of ``ref`` holds no face records: a shard of the pack step alone (1_pack.py),
+    which the face step (2_face_filter.py, or curate.py) turns into training shards."""
+    try:
+        meta = ref.read_json()
+    except (OSError, ValueError, KeyError):
+        return  # a corrupt first sample: skipped and counted when it is drawn
+    if "faces" not in meta:
+        raise ConfigError(f"{ref.shard}: its samples hold no face data (a shard of 1_pack.py alone): run "
+                         "data_processing/2_face_filter.py on this curation folder (or curate.py, every step) and "
+                         "train on the shards of its 2_face/shards folder (or the last step's)")
 
 
 def batches_before(skip_batches: int, worker: int, num_workers: int) -> int:
@@ -223,7 +236,21 @@ class ClipDataset(IterableDataset):
             if not found:
                 raise FileNotFoundError(f"train_data.data_dirs: no *.tar shards in {folder} (nor in {folder}/shards)")
             shards += found
-        self.samples: list[SampleRef] = [ref for path in sorted(shards) for ref in index_shard(path)]
+        self.samples: list[SampleRef] = []
+        self.skipped_shards: list[str] = []  # shards that could not be read: skipped, like corrupt samples
+        for path in sorted(shards):
+            try:
+                refs = index_shard(path)
+            except OSError as e:
+                self.skipped_shards.append(path)
+                log.warning("skipped an unreadable shard (%s); %d skipped", e, len(self.skipped_shards))
+                continue
+            if refs:
+                require_face_data(refs[0])
+            self.samples += refs
+        if not self.samples:
+            raise FileNotFoundError(f"train_data.data_dirs: no readable sample in {len(shards)} shard(s) under "
+                                    f"{list(cfg.data_dirs)}")
         self.skipped = 0
         self._epoch_order: tuple[int, Optional[np.ndarray]] = (-1, None)
 

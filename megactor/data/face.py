@@ -13,9 +13,13 @@ are the subject's own: the left eye is on the image's right in a frontal face.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -227,6 +231,30 @@ class FaceAnalyser(ABC):
         self.close()
 
 
+_native_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Route file descriptor 2 to /dev/null while MediaPipe's C++ graph runs.
+
+    Its calculators log through absl and TFLite straight to that descriptor ("Feedback manager requires a model
+    with a single signature inference", "Created TensorFlow Lite XNNPACK delegate", once per graph and clip),
+    which neither GLOG_minloglevel nor Python's logging reaches. Errors still surface as Python exceptions.
+    """
+    with _native_lock:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
 class MediaPipeFaceAnalyser(FaceAnalyser):
     """MediaPipe's legacy face mesh (BlazeFace short-range detector + 468-point mesh).
 
@@ -245,19 +273,23 @@ class MediaPipeFaceAnalyser(FaceAnalyser):
         self._graphs: dict[bool, SolutionBase] = {}
 
     def _graph(self, static: bool) -> SolutionBase:
-        # FaceMesh's own graph and parameters, also asked for the detections to read their scores.
         if static not in self._graphs:
-            self._graphs[static] = SolutionBase(
-                binary_graph_path=mp_face_mesh._BINARYPB_FILE_PATH,
-                side_inputs={"num_faces": self.max_num_faces, "with_attention": False,
-                             "use_prev_landmarks": not static},
-                calculator_params={
-                    "facedetectionshortrangecpu__facedetectionshortrange__facedetection__"
-                    "TensorsToDetectionsCalculator.min_score_thresh": self.min_detection_confidence,
-                    "facelandmarkcpu__ThresholdingCalculator.threshold": self.min_tracking_confidence,
-                },
-                outputs=["multi_face_landmarks", "face_detections"])
+            with quiet_native_logs():
+                self._graphs[static] = self._new_graph(static)
         return self._graphs[static]
+
+    def _new_graph(self, static: bool) -> SolutionBase:
+        # FaceMesh's own graph and parameters, also asked for the detections to read their scores.
+        return SolutionBase(
+            binary_graph_path=mp_face_mesh._BINARYPB_FILE_PATH,
+            side_inputs={"num_faces": self.max_num_faces, "with_attention": False,
+                         "use_prev_landmarks": not static},
+            calculator_params={
+                "facedetectionshortrangecpu__facedetectionshortrange__facedetection__"
+                "TensorsToDetectionsCalculator.min_score_thresh": self.min_detection_confidence,
+                "facelandmarkcpu__ThresholdingCalculator.threshold": self.min_tracking_confidence,
+            },
+            outputs=["multi_face_landmarks", "face_detections"])
 
     def _faces(self, result, height: int, width: int, previous: list[Face]) -> list[Face]:
         if not result.multi_face_landmarks:
@@ -283,23 +315,28 @@ class MediaPipeFaceAnalyser(FaceAnalyser):
 
     def detect(self, image: np.ndarray) -> list[Face]:
         image = _check_image(image)
-        return self._faces(self._graph(static=True).process(image), *image.shape[:2], previous=[])
+        graph = self._graph(static=True)
+        with quiet_native_logs():
+            result = graph.process(image)
+        return self._faces(result, *image.shape[:2], previous=[])
 
     def track(self, frames: np.ndarray) -> list[list[Face]]:
         frames = np.asarray(frames)
         if frames.ndim != 4:
             raise ValueError(f"frames must be RGB uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
         graph = self._graph(static=False)
-        graph.reset()  # no tracking state carried over from another clip
         out: list[list[Face]] = []
-        for frame in frames:
-            frame = _check_image(frame, "frames")
-            out.append(self._faces(graph.process(frame), *frame.shape[:2], previous=out[-1] if out else []))
+        with quiet_native_logs():
+            graph.reset()  # no tracking state carried over from another clip
+            for frame in frames:
+                frame = _check_image(frame, "frames")
+                out.append(self._faces(graph.process(frame), *frame.shape[:2], previous=out[-1] if out else []))
         return out
 
     def close(self) -> None:
-        for graph in self._graphs.values():
-            graph.close()
+        with quiet_native_logs():
+            for graph in self._graphs.values():
+                graph.close()
         self._graphs.clear()
 
 

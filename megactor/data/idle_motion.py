@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from megactor.data.control import _centre_matrix, transform_points
+from megactor.data.control import centre_matrix, transform_points
 from megactor.data.face import landmark_layout
 from megactor.data.synthetic import blinks, head_motion
 
@@ -42,7 +42,7 @@ def idle_driver(image: np.ndarray, landmarks: np.ndarray, num_frames: int, fps: 
         frame, lm = close_eyes(image, landmarks, eye_open)
         matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(roll), 1.0)
         matrix[:, 2] += (dx * width, dy * height)
-        frames.append(cv2.warpAffine(frame, _centre_matrix(matrix), (width, height), flags=cv2.INTER_LINEAR,
+        frames.append(cv2.warpAffine(frame, centre_matrix(matrix), (width, height), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REPLICATE))
         moved.append(transform_points(lm, matrix))
     return np.stack(frames), np.stack(moved), openness

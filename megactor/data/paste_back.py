@@ -14,7 +14,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from megactor.data.control import _centre_matrix, crop_matrix
+from megactor.data.control import centre_matrix, crop_matrix
 
 
 def face_mask(landmarks: Optional[np.ndarray], size: int, grow: float = 0.25, feather: float = 0.06) -> np.ndarray:
@@ -65,7 +65,7 @@ def paste_back(image: np.ndarray, crops: np.ndarray, box: np.ndarray, mask: np.n
     to_crop = crop_matrix(box, size)  # image pixels -> crop pixels
     to_crop[:, 2] += to_crop[:, :2] @ np.array([rx0, ry0], np.float64)  # region pixels -> crop pixels
     region_size = (rx1 - rx0, ry1 - ry0)
-    alpha = cv2.warpAffine(mask, _centre_matrix(to_crop), region_size, flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR,
+    alpha = cv2.warpAffine(mask, centre_matrix(to_crop), region_size, flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # (h, w)
     rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
     if not len(rows):
@@ -74,7 +74,7 @@ def paste_back(image: np.ndarray, crops: np.ndarray, box: np.ndarray, mask: np.n
     (top, bottom), (left, right) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
     alpha = np.ascontiguousarray(alpha[top:bottom, left:right])
     to_crop[:, 2] += to_crop[:, :2] @ np.array([left, top], np.float64)
-    inverse, reach = _centre_matrix(to_crop), (right - left, bottom - top)
+    inverse, reach = centre_matrix(to_crop), (right - left, bottom - top)
     ry0, rx0 = ry0 + top, rx0 + left
     base = np.ascontiguousarray(image[ry0:ry0 + reach[1], rx0:rx0 + reach[0]])
     for frame, crop in zip(frames, crops):

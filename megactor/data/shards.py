@@ -20,7 +20,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator, Optional, Sequence, Union
 
@@ -28,7 +27,8 @@ import av
 import numpy as np
 import webdataset as wds
 
-from megactor.data.video_io import AUDIO_RATE, MediaError, decode_audio_stream
+from megactor.data.video_io import AUDIO_RATE, MediaError, check_not_still, decode_audio_stream
+from megactor.fileio import atomic_path
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -56,21 +56,11 @@ def unpack_array(packed: dict) -> np.ndarray:
 
 def write_shard(path: str, samples: Iterable[dict]) -> None:
     """Write ``samples`` ({"__key__": str, ext: bytes, ...}) to the tar ``path`` atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tar", prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = wds.TarWriter(f, user="megactor", group="megactor", mtime=0.0, encoder=False)
-            for sample in samples:
-                writer.write(sample)
-            writer.close()
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; shards are for everyone who may read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = wds.TarWriter(f, user="megactor", group="megactor", mtime=0.0, encoder=False)
+        for sample in samples:
+            writer.write(sample)
+        writer.close()
 
 
 def plan_shards(sizes: Sequence[int], max_bytes: float) -> list[range]:
@@ -157,6 +147,7 @@ def iter_frames(source: Union[str, BinaryIO], name: str, convert: bool = True) -
         container = av.open(source)
     except (av.FFmpegError, UnicodeDecodeError) as e:
         raise MediaError(f"{name}: not a readable media file ({e})") from None
+    check_not_still(container, name)
     if not container.streams.video:
         container.close()
         raise MediaError(f"{name}: has no video track")

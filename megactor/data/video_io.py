@@ -7,13 +7,14 @@ atomic: a temporary file next to the target is renamed over it on success.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
 
 import av
 import numpy as np
+
+from megactor.fileio import atomic_path
 
 AUDIO_RATE = 16000
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -44,9 +45,20 @@ def _open(path: str):
     if not os.path.isfile(path):
         raise MediaError(f"{path}: no such file")
     try:
-        return av.open(path)
+        container = av.open(path)
     except (av.FFmpegError, UnicodeDecodeError) as e:
         raise MediaError(f"{path}: not a readable media file ({e})") from None
+    check_not_still(container, path)
+    return container
+
+
+def check_not_still(container, name: str) -> None:
+    """MediaError (closing ``container``) when FFmpeg read the file as a still image (PNG, JPEG, ... whatever its
+    extension says): one picture is not a video of one frame."""
+    fmt = container.format.name
+    if fmt == "image2" or fmt.endswith("_pipe"):
+        container.close()
+        raise MediaError(f"{name}: is a still image ({fmt.removesuffix('_pipe')}), not a video")
 
 
 def probe(path: str) -> dict:
@@ -74,6 +86,9 @@ def decode_audio_stream(container, sample_rate: int = AUDIO_RATE, max_seconds: O
     stream = container.streams.audio[0]
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     chunks, total = [], 0
+    if stream.duration and stream.time_base:  # the declared length: decoders also return the codec's end padding
+        declared = float(stream.duration * stream.time_base)
+        max_seconds = declared if max_seconds is None else min(max_seconds, declared)
     limit = None if max_seconds is None else int(round(max_seconds * sample_rate))
     for frame in container.decode(stream):
         frame.pts = None  # let the resampler run on sample counts, not on possibly broken timestamps
@@ -129,12 +144,6 @@ def read_video(path: str, max_seconds: Optional[float] = None, with_audio: bool 
     return Clip(np.stack(frames), fps, audio, sample_rate)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
     """Trim or zero-pad ``audio`` to exactly ``num_samples``."""
     if audio.size >= num_samples:
@@ -155,11 +164,7 @@ def write_video(path: str, frames: np.ndarray, fps: float, audio: Optional[np.nd
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=".tmp-", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with av.open(tmp, "w", format="mp4") as c:
             vs = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             vs.width, vs.height = frames.shape[2], frames.shape[1]
@@ -182,9 +187,3 @@ def write_video(path: str, frames: np.ndarray, fps: float, audio: Optional[np.nd
                     af.pts = start
                     c.mux(astream.encode(af))
                 c.mux(astream.encode())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig, NoiseSchedulerConfig, config_from_dict
-from ..fileio import atomic_folder
+from ..fileio import atomic_folder, load_named
 from .sigma_dit import SigmaDiT
 
 CONFIG_NAME = "config.json"
@@ -152,5 +152,6 @@ def from_pretrained(folder: str, map_location: str | torch.device = "cpu", **ove
     for k, v in overrides.items():
         setattr(cfg, k, v)
     model = SigmaDiT(cfg)
-    model.load_state_dict(load_file(os.path.join(folder, WEIGHTS_NAME), device=str(map_location)))
+    weights = load_named(os.path.join(folder, WEIGHTS_NAME), lambda p: load_file(p, device=str(map_location)))
+    model.load_state_dict(weights)
     return model.to(map_location)

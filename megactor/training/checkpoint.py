@@ -12,17 +12,20 @@ A checkpoint folder `checkpoints/step-0000100/` holds
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import random
 import re
 import shutil
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..fileio import atomic_folder
+from ..fileio import atomic_folder, load_named
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"step-(\d+)$")
 
@@ -37,14 +40,22 @@ def list_checkpoints(output_dir: str):
     return sorted(found, key=lambda p: int(CHECKPOINT_RE.search(p).group(1)))
 
 
-def resolve_resume(resume: str, output_dir: str) -> Optional[str]:
-    """`latest` -> the newest checkpoint of output_dir (None if there is none yet); a path -> that path."""
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    if not os.path.isfile(os.path.join(resume, "state.pt")):
-        raise FileNotFoundError(f"resume={resume}: not a training checkpoint (no state.pt)")
-    return resume
+def resolve_resume(resume: str, output_dir: str, rank: int = 0) -> Optional[Tuple[str, Dict]]:
+    """-> (folder, its loaded checkpoint), or None when ``resume`` is "latest" and output_dir has none yet.
+
+    ``latest`` takes the newest checkpoint of output_dir that loads, with a warning naming each newer one
+    skipped and why; a path is loaded as it is (UnreadableFile naming the file at fault).
+    """
+    if resume != "latest":
+        if not os.path.isfile(os.path.join(resume, "state.pt")):
+            raise FileNotFoundError(f"resume={resume}: not a training checkpoint (no state.pt)")
+        return resume, load_checkpoint(resume, rank)
+    for folder in reversed(list_checkpoints(output_dir)):
+        try:
+            return folder, load_checkpoint(folder, rank)
+        except OSError as e:  # UnreadableFile, or a file missing from a half-pruned folder
+            logger.warning("resume=latest: skipped checkpoint %s: %s", folder, e)
+    return None
 
 
 def rng_state() -> Dict:
@@ -90,19 +101,21 @@ def save_checkpoint(folder: str, trainable: Dict[str, torch.Tensor], ema: Option
 
 
 def load_checkpoint(folder: str, rank: int = 0, map_location: str = "cpu") -> Dict:
-    out = {
-        "trainable": load_file(os.path.join(folder, "trainable.safetensors"), device=map_location),
-        "state": torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True),
-        "ema": None,
-    }
-    optimizer_path = os.path.join(folder, "optimizer.pt")
-    out["optimizer"] = (torch.load(optimizer_path, map_location=map_location, weights_only=True)
-                        if os.path.isfile(optimizer_path) else None)
-    ema_path = os.path.join(folder, "ema.safetensors")
-    if os.path.isfile(ema_path):
-        out["ema"] = load_file(ema_path, device=map_location)
-    rank_path = os.path.join(folder, f"state_rank{rank}.pt")
-    out["rank_state"] = torch.load(rank_path, weights_only=True) if os.path.isfile(rank_path) else None
+    """Every file of a checkpoint folder; UnreadableFile (an OSError) names the one that does not load."""
+    def tensors(name):
+        return load_named(os.path.join(folder, name), lambda p: load_file(p, device=map_location))
+
+    def pickled(name, where=map_location):
+        return load_named(os.path.join(folder, name), lambda p: torch.load(p, map_location=where, weights_only=True))
+
+    out = {"trainable": tensors("trainable.safetensors"), "state": pickled("state.pt", "cpu"), "ema": None,
+           "optimizer": None, "rank_state": None}
+    if os.path.isfile(os.path.join(folder, "optimizer.pt")):
+        out["optimizer"] = pickled("optimizer.pt")
+    if os.path.isfile(os.path.join(folder, "ema.safetensors")):
+        out["ema"] = tensors("ema.safetensors")
+    if os.path.isfile(os.path.join(folder, f"state_rank{rank}.pt")):
+        out["rank_state"] = pickled(f"state_rank{rank}.pt", None)
     return out
 
 

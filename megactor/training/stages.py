@@ -12,7 +12,7 @@ An entry is a group name below or a regular expression searched in parameter nam
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
@@ -30,6 +30,10 @@ MODULE_GROUPS: Dict[str, str] = {
 }
 
 
+DEFAULT_TRAINABLE: Dict[int, List[str]] = {1: ["backbone", "reference_net", "control"], 2: ["audio", "backbone"],
+                                           3: ["temporal"]}
+
+
 def uses_audio(stage: int) -> bool:
     return stage >= 2
 
@@ -43,12 +47,15 @@ def bypassed_groups(stage: int) -> List[str]:
     return [g for g, on in (("audio", uses_audio(stage)), ("temporal", uses_temporal(stage))) if not on]
 
 
-def select_trainable(model: nn.Module, trainable_modules: Sequence[str], stage: int, where: str = "config") -> List[str]:
-    """Set requires_grad by `trainable_modules`; return the trainable parameter names.
+def select_trainable(model: nn.Module, trainable_modules: Optional[Sequence[str]], stage: int,
+                     where: str = "config") -> List[str]:
+    """Set requires_grad by `trainable_modules` (None: the stage's DEFAULT_TRAINABLE); return the trainable names.
 
     Fails (ConfigError) on an entry that matches no parameter, and on trainable
     parameters of a branch the stage does not run.
     """
+    if trainable_modules is None:
+        trainable_modules = DEFAULT_TRAINABLE[stage]
     names = [n for n, _ in model.named_parameters()]
     patterns = [re.compile(MODULE_GROUPS.get(entry, entry)) for entry in trainable_modules]
     for entry, pattern in zip(trainable_modules, patterns):

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, TrainConfig
 from ..data.dataset import ClipDataset, collate_clips
 from ..diffusion.schedulers import schedule_mismatch, training_scheduler, training_target
+from ..fileio import load_named, remove_stale_temporaries
 from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, save_pretrained
 from ..models.audio_encoder import gather_windows, num_features, window_indices
 from ..models.loading import WEIGHTS_NAME, load_noise_schedule
@@ -92,13 +93,14 @@ class Trainer:
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         if self.deepspeed:
             self._configure_deepspeed(where)
-        self.resumed_from = ckpt.resolve_resume(cfg.resume, cfg.output_dir) if cfg.resume else None
+        resumed = cfg.resume and ckpt.resolve_resume(cfg.resume, cfg.output_dir, self.accelerator.process_index)
+        self.resumed_from = resumed[0] if resumed else None
         if self.resumed_from and self.deepspeed:
             raise ConfigError(f"{where}: resume under {self.accelerator.distributed_type} is not supported (the "
                               "optimizer state is sharded across processes): train under DDP to resume, or start a new "
                               "run from an exported model (output_dir/model) with init_checkpoint")
-        if self.resumed_from:
-            self._load_checkpoint(model, self.resumed_from)
+        if resumed:
+            self._load_checkpoint(model, *resumed)
         if cfg.compile:
             model.to(self.device).compile_model()  # on its device: CUDA graphs are decided there
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
@@ -118,7 +120,7 @@ class Trainer:
         if changed:
             logger.warning("%s: init_checkpoint %s was trained with another noise schedule (%s): this stage "
                            "retrains it to its own", where, cfg.init_checkpoint, "; ".join(changed))
-        weights = load_file(os.path.join(cfg.init_checkpoint, WEIGHTS_NAME))
+        weights = load_named(os.path.join(cfg.init_checkpoint, WEIGHTS_NAME), load_file)
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:
@@ -132,9 +134,11 @@ class Trainer:
         if cfg.gradient_accumulation_steps != 1:
             raise ConfigError(f"{where}: gradient_accumulation_steps {cfg.gradient_accumulation_steps} under DeepSpeed: "
                               "use 1 (scale the batch with train_batch_size or more GPUs), or train with DDP")
-        self.accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=cfg.train_batch_size, gradient_accumulation_steps=1,
-            gradient_clipping=cfg.max_grad_norm, zero_allow_untested_optimizer=True)  # torch's AdamW
+        ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        ds.update(train_micro_batch_size_per_gpu=cfg.train_batch_size, gradient_accumulation_steps=1,
+                  gradient_clipping=cfg.max_grad_norm, zero_allow_untested_optimizer=True)  # torch's AdamW
+        if ds.get("bf16", {}).get("enabled"):  # skip a step on a non-finite gradient, as fp16's loss scaler does
+            ds["bf16"]["check_grad_overflow"] = True
 
     @property
     def unwrapped(self) -> SigmaDiT:
@@ -218,6 +222,28 @@ class Trainer:
         flags = self.accelerator.gather(torch.isfinite(value.detach()).float().reshape(1))
         return bool(flags.min() > 0)
 
+    def _optimizer_step(self):
+        """Clip and step after a finite loss's backward -> (whether the step was taken, the gradient norm).
+
+        The framework decides, and says so in ``optimizer.step_was_skipped``: under fp16, accelerate's grad
+        scaler steps on every call (skipping the update, and lowering its scale, on an overflow); under DeepSpeed
+        the engine already clipped and stepped inside ``backward``, skipping on a non-finite gradient (its
+        overflow check, on under bf16 too: ``_configure_deepspeed``). Without either, a non-finite norm skips
+        the step here. A non-finite norm that DeepSpeed reports applied is fatal: the weights hold it now.
+        """
+        norm = self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        grad_norm = float("nan") if norm is None else float(norm)
+        if self.deepspeed:
+            skipped = self.optimizer.step_was_skipped
+            if not skipped and norm is not None and not math.isfinite(grad_norm):
+                raise RuntimeError(f"step {self.step + 1}: DeepSpeed applied a non-finite gradient (norm {grad_norm}) "
+                                   "without skipping the step; the weights are no longer finite")
+            return not skipped, grad_norm
+        if math.isfinite(grad_norm) or self.accelerator.scaler is not None:
+            self.optimizer.step()
+            return not self.optimizer.step_was_skipped and math.isfinite(grad_norm), grad_norm
+        return False, grad_norm
+
     def train_step(self, batches: List[Dict]) -> Dict[str, float]:
         """One optimizer step over `batches` (gradient accumulation). Skips it on a non-finite loss or gradient."""
         cfg, acc = self.cfg, self.accelerator
@@ -236,17 +262,19 @@ class Trainer:
             modes = zip(inputs["visual_amplitude"].tolist(), inputs["audio_amplitude"].tolist())
             for (v, a), l in zip(modes, per_sample.tolist()):
                 logs.setdefault(f"loss/{MODE_NAMES[(round(v), round(a))]}", []).append(l)
-        grad_norm = float("nan")
-        if finite:  # under DeepSpeed, backward already clipped and stepped: this is the norm its engine saw
-            norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            grad_norm = float("nan") if norm is None else float(norm)
-            finite = math.isfinite(grad_norm) or self.deepspeed
+        loss_finite, grad_norm = finite, float("nan")
+        if loss_finite:
+            finite, grad_norm = self._optimizer_step()
+        scaler = acc.scaler
         if finite:
-            self.optimizer.step()
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.step(self.params)
             self.nan_streak = 0
+        elif loss_finite and scaler is not None and scaler.get_scale() >= 1:  # fp16's scaler still finding its scale
+            self.nan_total += 1
+            logger.info("step %d: fp16 gradient overflow, step skipped; loss scale lowered to %g", self.step + 1,
+                        scaler.get_scale())
         else:
             self.nan_streak += 1
             self.nan_total += 1
@@ -268,6 +296,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if acc.is_main_process:
             os.makedirs(cfg.output_dir, exist_ok=True)
+            for folder in (cfg.output_dir, os.path.join(cfg.output_dir, "checkpoints")):
+                remove_stale_temporaries(folder)  # what a killed run was writing: gigabytes of checkpoint at xl
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
                 f.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         acc.init_trackers("tensorboard")
@@ -312,6 +342,10 @@ class Trainer:
             if cfg.validation.source_image and (self.step % cfg.validation_steps == 0):
                 self.validate()
         bar.close()
+        if self.step < cfg.max_train_steps and acc.is_main_process:
+            logger.warning("stopped at step %d of %d: max_train_minutes=%g reached (resume=latest goes on); a run cut "
+                           "by time depends on the machine's speed", self.step, cfg.max_train_steps,
+                           cfg.max_train_minutes)
         exported = self.export(os.path.join(cfg.output_dir, "model"))
         acc.end_training()
         return exported
@@ -346,8 +380,7 @@ class Trainer:
             ckpt.prune_checkpoints(self.cfg.output_dir, self.cfg.checkpoints_total_limit)
         acc.wait_for_everyone()
 
-    def _load_checkpoint(self, model: SigmaDiT, folder: str) -> None:
-        loaded = ckpt.load_checkpoint(folder, rank=self.accelerator.process_index)
+    def _load_checkpoint(self, model: SigmaDiT, folder: str, loaded: Dict) -> None:
         missing = set(self.trainable_names) - set(loaded["trainable"])
         if missing:
             raise ConfigError(f"resume: checkpoint {folder} lacks trainable parameters {sorted(missing)[:4]}: "

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from megactor.config import ConfigError
 from megactor.curation.config import load_curation_config
 from megactor.curation.pipeline import curate, main
 from megactor.curation.runner import Item, Step, process_items
@@ -82,8 +83,12 @@ def test_a_worker_crash_is_recorded_and_the_others_processed(tmp_path):
 
 
 def test_settings_reject_unknown_keys_and_bad_values(tmp_path, capsys):
-    cfg = load_curation_config(["clip_seconds=4", "max_sync_lag=3"])
-    assert cfg.clip_seconds == 4.0 and cfg.max_sync_lag == 3
+    cfg = load_curation_config(["clip_seconds=4", "max_sync_lag_ms=200"])
+    assert cfg.clip_seconds == 4.0 and cfg.max_sync_lag_ms == 200
+    with pytest.raises(ConfigError, match="dwpose_det_model and dwpose_pose_model"):
+        load_curation_config(["face_backend=dwpose"])
+    with pytest.raises(ConfigError, match="min_sync_lag_ms"):
+        load_curation_config(["min_sync_lag_ms=400"])
     assert main(["pack"], ["--input-dir", str(tmp_path), "--output-dir", str(tmp_path / "o"), "bogus_key=1"]) == 2
     assert "bogus_key" in capsys.readouterr().err
     assert main(["pack"], ["--input-dir", str(tmp_path), "--output-dir", str(tmp_path / "o"), "workers=0"]) == 2
@@ -116,7 +121,9 @@ def test_curate_keeps_the_real_clips(testcases, tmp_path):
     assert len(sample["faces"]["valid"]) == n and all(sample["faces"]["valid"])
     landmarks = unpack_array(sample["faces"]["landmarks"])
     assert landmarks.shape == (n, 468, 2) and np.isfinite(landmarks).all()
-    assert {"sync_score", "sync_lag", "valid_fraction", "yaw", "motion"} <= set(sample["metrics"])
+    assert {"sync_score", "sync_lag", "sync_lag_ms", "valid_fraction", "yaw", "motion"} <= set(sample["metrics"])
+    assert sample["metrics"]["sync_scorer"] == "lipsync" and sample["has_audio"]
+    assert unpack_array(sample["faces"]["mouth_appearance"]).shape == (n, 3)
     report = (out / "report.md").read_text()
     assert "clips: 3, kept: 3" in report and "| sync_score | 3 |" in report
     assert {"sync_score.png", "valid_fraction.png", "motion.png"} <= set(os.listdir(out / "report"))
@@ -163,7 +170,7 @@ def test_killed_run_resumes_to_the_same_shards(testcases, tmp_path):
     truth = {"mouth_opening": list(range(90)), "params": {"seed": 7, "size": [256, 256]}}
     (src / clips[0].with_suffix(".json").name).write_text(json.dumps(truth))
     settings = ["clip_seconds=1.5", "min_clip_seconds=1.2", "min_face_size=40", "shard_size_mb=0.1",
-                "min_sync_score=-1", "max_sync_lag=15"]
+                "min_sync_score=-1", "min_sync_lag_ms=-1000", "max_sync_lag_ms=1000"]
 
     clean = tmp_path / "clean"
     curate(str(src), str(clean), load_curation_config(settings))

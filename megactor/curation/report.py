@@ -21,7 +21,7 @@ HISTOGRAMS = {
     "valid_fraction": lambda c: (c.min_valid_fraction, None),
     "face_size": lambda c: (c.min_face_size if c.min_face_size >= 1 else None, None),
     "sync_score": lambda c: (c.min_sync_score, None),
-    "sync_lag": lambda c: (-c.max_sync_lag, c.max_sync_lag),
+    "sync_lag_ms": lambda c: (c.min_sync_lag_ms, c.max_sync_lag_ms),
     "audio_rms": lambda c: (c.min_audio_rms, None),
     "yaw": lambda c: (None, c.max_yaw),
     "pitch": lambda c: (None, c.max_pitch),

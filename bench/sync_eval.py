@@ -31,10 +31,10 @@ from itertools import count, islice
 import numpy as np
 
 from megactor.curation.audio_filter import measure_sync, sync_reason, sync_signal
-from megactor.curation.config import face_analyser_kwargs, load_curation_config
+from megactor.curation.config import load_curation_config
 from megactor.curation.face_filter import analyse_clip
 from megactor.curation.pack import find_videos
-from megactor.data.face import build_face_analyser
+from megactor.data.face import face_analyser_from
 from megactor.data.shards import iter_frames
 from megactor.data.video_io import AUDIO_RATE, read_audio
 
@@ -61,7 +61,7 @@ def load_pieces(folder: str, cfg) -> list[dict]:
     """The clips of ``folder`` cut into pieces as ``pack`` cuts them, each analysed as the face filter
     analyses a clip: name, fps, its lip signal for the sync filter (``sync_signal``), its audio."""
     pieces = []
-    with build_face_analyser(cfg.face_backend, **face_analyser_kwargs(cfg)) as analyser:
+    with face_analyser_from(cfg) as analyser:
         for rel in find_videos(folder):
             path = os.path.join(folder, rel)
             fps, frames = iter_frames(path, path)

@@ -187,7 +187,9 @@ class InferenceConfig:
     limit: Optional[float] = None  # seconds of driver; None = all of it
     dtype: str = "bf16"  # on CUDA; CPU runs in float32
     compile: bool = False
-    face_backend: str = "mediapipe"
+    face_backend: str = "mediapipe"  # or "dwpose" (needs dwpose_det_model and dwpose_pose_model)
+    dwpose_det_model: Optional[str] = None  # DWPose's YOLOX person detector, ONNX (e.g. yolox_l.onnx)
+    dwpose_pose_model: Optional[str] = None  # DWPose's RTMPose whole-body model, ONNX (e.g. dw-ll_ucoco_384.onnx)
     grid: bool = False
 
 
@@ -312,6 +314,16 @@ def _check_range(where: str, key: str, value: float, lo: float, hi: float) -> No
         raise ConfigError(f"{where}: {key}={value!r} must lie in [{lo}, {hi}]")
 
 
+def check_face_backend(where: str, cfg: Any) -> None:
+    """``cfg.face_backend`` is known, and DWPose has both its model paths (``dwpose_det_model``, ``dwpose_pose_model``)."""
+    _check_choice(where, "face_backend", cfg.face_backend, ["mediapipe", "dwpose"])
+    if cfg.face_backend == "dwpose":
+        missing = [k for k in ("dwpose_det_model", "dwpose_pose_model") if not getattr(cfg, k)]
+        if missing:
+            raise ConfigError(f"{where}: face_backend=dwpose needs {' and '.join(missing)} "
+                              "(paths to DWPose's ONNX models)")
+
+
 def validate_model(m: ModelConfig, where: str) -> None:
     _check_choice(where, "model.codec.type", m.codec.type, ["pixel", "vae"])
     _check_choice(where, "model.attention", m.attention, ["sdpa", "xformers"])
@@ -347,6 +359,7 @@ def validate(cfg: Any, where: str) -> None:
             raise ConfigError(f"{where}: trainable_modules is empty")
     if isinstance(cfg, InferenceConfig):
         _check_choice(where, "scheduler", cfg.scheduler, ["ddim", "dpmsolver++"])
+        check_face_backend(where, cfg)
         _check_choice(where, "dtype", cfg.dtype, ["fp32", "bf16", "fp16"])
         c = cfg.context
         if not 0 <= c.context_overlap < c.context_frames:

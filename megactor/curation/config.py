@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from megactor.config import ConfigError, load_config
-from megactor.data.face import BACKENDS
+from megactor.config import ConfigError, check_face_backend, load_config
 
 
 @dataclass
@@ -37,13 +36,6 @@ class CurationConfig:
     workers: int = 1
 
 
-def face_analyser_kwargs(cfg: CurationConfig) -> dict:
-    """The keyword arguments of ``data.face.build_face_analyser`` for ``cfg.face_backend``."""
-    if cfg.face_backend == "dwpose":
-        return {"det_model": cfg.dwpose_det_model, "pose_model": cfg.dwpose_pose_model}
-    return {}
-
-
 def load_curation_config(overrides: Sequence[str] = (), path: Optional[str] = None) -> CurationConfig:
     """Defaults, then the YAML ``path``, then ``key=value`` overrides; unknown keys raise ConfigError."""
     cfg = load_config(CurationConfig, path, overrides)
@@ -60,10 +52,5 @@ def load_curation_config(overrides: Sequence[str] = (), path: Optional[str] = No
         raise ConfigError(f"min_sync_lag_ms={cfg.min_sync_lag_ms} exceeds max_sync_lag_ms={cfg.max_sync_lag_ms}")
     if cfg.sync_search_frames < 1:
         raise ConfigError(f"sync_search_frames={cfg.sync_search_frames!r} must be >= 1")
-    if cfg.face_backend not in BACKENDS:
-        raise ConfigError(f"face_backend={cfg.face_backend!r}: choose one of {sorted(BACKENDS)}")
-    if cfg.face_backend == "dwpose":
-        missing = [k for k in ("dwpose_det_model", "dwpose_pose_model") if not getattr(cfg, k)]
-        if missing:
-            raise ConfigError(f"face_backend=dwpose needs {' and '.join(missing)} (paths to DWPose's ONNX models)")
+    check_face_backend(path or "command line", cfg)
     return cfg

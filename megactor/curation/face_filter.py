@@ -22,11 +22,11 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from megactor.curation.config import CurationConfig, face_analyser_kwargs
+from megactor.curation.config import CurationConfig
 from megactor.curation.runner import Item, Step, shard_items
 from megactor.curation.pack import Pack
 from megactor.data.control import mouth_patch
-from megactor.data.face import Face, FaceAnalyser, build_face_analyser, face_size, head_pose, mouth_opening
+from megactor.data.face import Face, FaceAnalyser, face_analyser_from, face_size, head_pose, mouth_opening
 from megactor.data.shards import iter_frames, pack_array
 from megactor.data.video_io import MediaError
 from megactor.metrics.dataset import abs_extent, head_speed, valid_fraction
@@ -115,7 +115,7 @@ class FaceFilter(Step):
         return shard_items(Pack().shard_dir(out_dir), "1_pack.py")
 
     def setup(self, cfg: CurationConfig) -> None:
-        self.analyser = build_face_analyser(cfg.face_backend, **face_analyser_kwargs(cfg))
+        self.analyser = face_analyser_from(cfg)
 
     def teardown(self) -> None:
         if self.analyser is not None:

@@ -421,3 +421,14 @@ def build_face_analyser(backend: str = "mediapipe", **kwargs) -> FaceAnalyser:
     if backend not in BACKENDS:
         raise ValueError(f"unknown face backend {backend!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[backend](**kwargs)
+
+
+def face_analyser_from(cfg) -> FaceAnalyser:
+    """The analyser a config names (curation or inference): ``face_backend``, and for DWPose its
+    ``dwpose_det_model`` and ``dwpose_pose_model``; ValueError names a missing one."""
+    if cfg.face_backend != "dwpose":
+        return build_face_analyser(cfg.face_backend)
+    missing = [k for k in ("dwpose_det_model", "dwpose_pose_model") if not getattr(cfg, k, None)]
+    if missing:
+        raise ValueError(f"face_backend=dwpose needs {' and '.join(missing)} (paths to DWPose's ONNX models)")
+    return build_face_analyser("dwpose", det_model=cfg.dwpose_det_model, pose_model=cfg.dwpose_pose_model)

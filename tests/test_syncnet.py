@@ -1,4 +1,5 @@
-"""SyncNet: the reference network's layout, its MFCCs, the lag convention, loading errors, a scored clip."""
+"""SyncNet: the reference network's layout, its MFCCs, the lag convention, loading errors, a scored clip, and
+the curation scoring with it when its weights are named."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,8 +8,8 @@ import torch
 from megactor.curation.config import load_curation_config
 from megactor.curation.pipeline import curate
 from megactor.data.video_io import read_video, write_video
-from test_curation import small_clip
 from megactor.metrics.syncnet import SyncNet, SyncNetScorer, mean_distances, syncnet_mfcc
+from test_curation import small_clip
 
 
 def test_mfcc_matches_python_speech_features():

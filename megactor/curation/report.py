@@ -66,7 +66,7 @@ def summary(table: pd.DataFrame) -> str:
         scorers = clips["sync_scorer"].dropna().value_counts().sort_index()
         lines.append("- sync scored by: " + ", ".join(f"{name} ({n} clips)" for name, n in scorers.items()))
     if "has_audio" in clips:
-        lines.append(f"- visual-only clips (no audio track): {int((clips['has_audio'] == False).sum())}")  # noqa: E712
+        lines.append(f"- visual-only clips (no audio track): {int(clips['has_audio'].eq(False).sum())}")
     dropped = table[~table["kept"]].groupby(["dropped_at", "reason"], sort=True).size()
     if len(dropped):
         lines += ["", "| dropped at | reason | count |", "| --- | --- | --- |"]

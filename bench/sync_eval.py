@@ -73,7 +73,8 @@ def load_pieces(folder: str, cfg) -> list[dict]:
                 except ValueError:  # no frames left
                     break
                 T = len(faces["valid"])
-                if T < np.ceil(cfg.min_clip_seconds * fps):
+                if T < np.ceil(cfg.min_clip_seconds * fps):  # a tail that pack drops
+                    frames.close()
                     break
                 a0, n = int(round(index * size / fps * AUDIO_RATE)), int(round(T / fps * AUDIO_RATE))
                 piece_audio = np.pad(audio[a0:a0 + n], (0, max(0, n - len(audio[a0:a0 + n]))))

@@ -1,6 +1,6 @@
 """Step 2, face filter: one complete face of sufficient size on (nearly) every frame.
 
-Every frame of a clip is analysed (``FaceAnalyser.track``). A frame is valid
+Every frame of a clip is analysed (``FaceAnalyser.stream``, one decoded frame at a time). A frame is valid
 when it shows exactly one face, whose box's shorter side reaches
 ``min_face_size`` and whose landmarks all lie inside the frame. Per-frame
 validity, boxes, landmarks (x, y; packed float32, see shards.pack_array), mouth opening, the mouth's

@@ -1,8 +1,9 @@
 """Video and audio IO through PyAV.
 
 Frames are RGB uint8 arrays ``(T, H, W, 3)``; audio is mono float32 in [-1, 1]
-at ``sample_rate`` (16 kHz unless asked otherwise, Whisper's rate). Writing is
-atomic: a temporary file next to the target is renamed over it on success.
+at ``sample_rate`` (16 kHz unless asked otherwise, Whisper's rate), on the video's
+timeline: sample 0 plays with the first frame, whatever the streams' start times.
+Writing is atomic: a temporary file next to the target is renamed over it on success.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ Each copy goes through the audio filter's own scoring and sync decision
 defaults (or the ``key=value`` settings given); the audio is the source's, read
 at 16 kHz on the video's timeline, not re-encoded as ``pack`` does. Printed and
 written to ``--json``: ``kept_in_sync``, ``dropped_shift_10``, ``dropped_swapped``,
-``lag_tracks_shift`` (shares, see below) and ``clips`` (one row per copy).
+``lag_tracks_shift`` (shares, see below), ``clips`` (the number of in-sync clips
+scored) and ``copies`` (one row per scored copy: clip, kind, shift, score, lag, reason).
 ``--plot`` draws the confidence and lag of each group with the thresholds.
 """
 from __future__ import annotations
@@ -120,7 +121,8 @@ def summarise(rows: list[dict]) -> dict:
         "dropped_shift_10": share([r for r in shifted if abs(r["shift"]) >= 10], lambda r: r["reason"] is not None),
         "dropped_swapped": share([r for r in rows if r["kind"] == "swapped"], lambda r: r["reason"] is not None),
         "lag_tracks_shift": share(shifted, tracks),
-        "clips": rows,
+        "clips": len(sync),
+        "copies": rows,
     }
 
 
@@ -130,7 +132,7 @@ def plot(result: dict, cfg, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["clips"]
+    rows = result["copies"]
     groups = {"in sync": [r for r in rows if r["kind"] == "in_sync"],
               "shifted 5": [r for r in rows if r["kind"] == "shifted" and abs(r["shift"]) == 5],
               "shifted >= 10": [r for r in rows if r["kind"] == "shifted" and abs(r["shift"]) >= 10],
@@ -173,8 +175,8 @@ def main(argv=None) -> int:
         return 2
     result = evaluate(pieces, cfg)
     print(f"{'clip':34s} {'fps':>5s} {'score':>6s} {'lag':>4s} {'lag ms':>7s}  shifts: lag - lag(0) - shift  swapped")
-    for name in dict.fromkeys(r["clip"] for r in result["clips"]):
-        mine = [r for r in result["clips"] if r["clip"] == name]
+    for name in dict.fromkeys(r["clip"] for r in result["copies"]):
+        mine = [r for r in result["copies"] if r["clip"] == name]
         base = mine[0]
         drift = " ".join(f"{(r['lag'] - base['lag'] - r['shift']) if r['lag'] is not None and base['lag'] is not None else 'nan':>3}"
                          f"{'' if r['reason'] else '*'}" for r in mine if r["kind"] == "shifted")
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
               f"{base['lag_ms'] if base['lag_ms'] is not None else float('nan'):7.0f} {base['reason'] or 'kept':>12s}  "
               f"{drift}   {swaps}")
     print("(* = kept)")
-    print(f"\nclips {len(pieces)}  kept_in_sync {result['kept_in_sync']:.3f}  dropped_shift_10 {result['dropped_shift_10']:.3f}  "
+    print(f"\nclips {result['clips']}  kept_in_sync {result['kept_in_sync']:.3f}  dropped_shift_10 {result['dropped_shift_10']:.3f}  "
           f"dropped_swapped {result['dropped_swapped']:.3f}  lag_tracks_shift {result['lag_tracks_shift']:.3f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -2,7 +2,7 @@
 
 Per clip: the audio's RMS, the lip-sync confidence and lag, and the head-pose
 extent and motion measured in step 2. The scorer is ``metrics.lipsync.lip_sync``
-(canonical correlation of the lip measures from step 2's landmarks with five
+(canonical correlation of the mouth's appearance recorded in step 2 with five
 audio bands; no weights), or SyncNet when ``syncnet_weights`` names its state
 dict (on face crops cut around step 2's boxes); the "sync_scorer" column says
 which ran. Clips are dropped, in this order of reasons, for: "silent_audio",
@@ -32,7 +32,7 @@ from megactor.metrics.lipsync import lip_sync
 from megactor.metrics.syncnet import FPS as SYNCNET_FPS
 from megactor.metrics.syncnet import SyncNetScorer
 
-SYNCNET_CROP_MARGIN = 0.4  # the reference pipeline's crop_scale: the face box grown by 40%
+SYNCNET_CROP_SCALE = 0.4  # the reference pipeline's crop_scale: a square 1.4 x the face box, centred 0.2 x lower
 
 
 def audio_rms(audio: np.ndarray) -> float:
@@ -60,8 +60,8 @@ def measure_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: flo
 
 
 def face_crops(video: bytes, name: str, boxes: list, size: int = 224) -> np.ndarray:
-    """(T, size, size, 3) squares around each frame's face box (missing boxes take the nearest frame's),
-    decoded one frame at a time."""
+    """(T, size, size, 3) face crops as SyncNet's reference pipeline cuts them around each frame's face box
+    (missing boxes take the nearest frame's), decoded one frame at a time."""
     known = [i for i, b in enumerate(boxes) if b is not None]
     if not known:
         raise ValueError(f"{name}: no face box to crop")
@@ -73,7 +73,8 @@ def face_crops(video: bytes, name: str, boxes: list, size: int = 224) -> np.ndar
             frames.close()
             break
         box = np.asarray(boxes[int(nearest[np.abs(nearest - i).argmin()])], np.float64)
-        crops.append(crop_and_resize(frame, face_crop_box(box, frame.shape[:2], SYNCNET_CROP_MARGIN), size))
+        box[[1, 3]] += SYNCNET_CROP_SCALE / 2 * max(box[2] - box[0], box[3] - box[1])
+        crops.append(crop_and_resize(frame, face_crop_box(box, frame.shape[:2], SYNCNET_CROP_SCALE), size))
     return np.stack(crops)
 
 

@@ -85,7 +85,7 @@ def analyse_clip(frames: Iterable[np.ndarray], fps: float, analyser: FaceAnalyse
     faces_json = {
         "valid": valid.tolist(),
         "boxes": [_rounded(b, 1) if f is not None else None for b, f in zip(boxes, single)],
-        "landmarks": pack_array(lm[:, :, :2]),  # (T, 468, 2) pixels, NaN where not exactly one face
+        "landmarks": pack_array(lm[:, :, :2]),  # (T, N, 2) pixels, NaN where not exactly one face
         "mouth_appearance": pack_array(mouth_components(patches)),  # (T, 3) the sync filter's lip signal
         "mouth_opening": [round(float(m), 4) if f is not None else None for m, f in zip(mouth, single)],
         "pose": [_rounded(p, 2) if f is not None else None for p, f in zip(pose, single)],

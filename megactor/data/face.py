@@ -158,7 +158,7 @@ def mouth_opening(lm: np.ndarray) -> np.ndarray:
 
 
 def mouth_width(lm: np.ndarray) -> np.ndarray:
-    """(..., N, k) -> (...): span of the outer lip contour along the eye axis / face_size; ~0.8 at rest."""
+    """(..., N, k) -> (...): span of the outer lip contour along the eye axis / face_size."""
     layout = landmark_layout(lm)
     lm = np.asarray(lm, np.float64)[..., :2]
     axis = lm[..., layout.left_eye, :].mean(-2) - lm[..., layout.right_eye, :].mean(-2)  # (..., 2)
@@ -168,8 +168,8 @@ def mouth_width(lm: np.ndarray) -> np.ndarray:
 
 
 def lip_measures(lm: np.ndarray) -> np.ndarray:
-    """(..., N, k) -> (..., 2): inner-lip gap and mouth width (``mouth_opening``, ``mouth_width``), the lip
-    shape that ``metrics.lipsync.lip_sync`` correlates with the audio."""
+    """(..., N, k) -> (..., 2): inner-lip gap and mouth width (``mouth_opening``, ``mouth_width``): the sync
+    filter's lip signal for clips analysed before the mouth's appearance was recorded."""
     return np.stack([mouth_opening(lm), mouth_width(lm)], -1)
 
 

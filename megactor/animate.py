@@ -27,7 +27,7 @@ from PIL import Image
 
 from .config import ConfigError, InferenceConfig, NoiseSchedulerConfig
 from .data.control import control_frames, crop_and_resize, crop_matrix, face_crop_box, transform_points
-from .data.face import FaceAnalyser, build_face_analyser
+from .data.face import FaceAnalyser, face_analyser_from
 from .data.idle_motion import idle_driver
 from .data.paste_back import face_mask, paste_back
 from .data.video_io import AUDIO_RATE, Clip, MediaError, fit_audio, read_audio, read_video
@@ -175,7 +175,7 @@ class Animator:
             model.compile_blocks()
         codec = build_codec(cfg.model.codec).to(device, dtype)
         audio_encoder = WhisperAudioEncoder(cfg.model.audio_encoder).to(device, dtype)
-        return cls(model, codec, audio_encoder, build_face_analyser(cfg.face_backend), cfg, device, dtype)
+        return cls(model, codec, audio_encoder, face_analyser_from(cfg), cfg, device, dtype)
 
     # ------------------------------------------------------------------ inputs
 

@@ -194,7 +194,9 @@ class InferenceConfig:
     dtype: str = "bf16"  # on CUDA; CPU runs in float32
     fp8: bool = False  # the denoiser blocks' linear layers as float8 e4m3 matmuls (models/fp8.py)
     compile: bool = False
-    face_backend: str = "mediapipe"
+    face_backend: str = "mediapipe"  # or "dwpose" (needs dwpose_det_model and dwpose_pose_model)
+    dwpose_det_model: Optional[str] = None  # DWPose's YOLOX person detector, ONNX (e.g. yolox_l.onnx)
+    dwpose_pose_model: Optional[str] = None  # DWPose's RTMPose whole-body model, ONNX (e.g. dw-ll_ucoco_384.onnx)
     grid: bool = False
     paste_back: bool = True  # the result in the whole source image; False: the square face crop the model animates
     idle_motion: bool = True  # audio-only driving: blinks and head motion drawn from the source's own face
@@ -362,6 +364,17 @@ def _check_at_least(where: Where, key: str, value: Optional[float], lo: float, m
         raise ConfigError(f"{where(key)}: {key}={value!r} must be at least {lo:g}{meaning}")
 
 
+def check_face_backend(where: Union[str, Where], cfg: Any) -> None:
+    """``cfg.face_backend`` is known, and DWPose has both its model paths (``dwpose_det_model``, ``dwpose_pose_model``)."""
+    where = _where(where)
+    _check_choice(where, "face_backend", cfg.face_backend, ["mediapipe", "dwpose"])
+    if cfg.face_backend == "dwpose":
+        missing = [k for k in ("dwpose_det_model", "dwpose_pose_model") if not getattr(cfg, k)]
+        if missing:
+            raise ConfigError(f"{where(*missing)}: face_backend=dwpose needs {' and '.join(missing)} "
+                              "(paths to DWPose's ONNX models)")
+
+
 def validate_model(m: ModelConfig, where: Union[str, Where]) -> None:
     where = _where(where)
     _check_choice(where, "model.codec.type", m.codec.type, ["pixel", "vae"])
@@ -418,6 +431,7 @@ def validate(cfg: Any, where: Union[str, Where]) -> None:
         _check_at_least(where, "validation.limit", cfg.validation.limit, 0, " (0 or null: the whole driver)")
     if isinstance(cfg, InferenceConfig):
         _check_choice(where, "scheduler", cfg.scheduler, ["ddim", "dpmsolver++"])
+        check_face_backend(where, cfg)
         _check_choice(where, "dtype", cfg.dtype, ["fp32", "bf16", "fp16"])
         _check_range(where, "idle_motion_strength", cfg.idle_motion_strength, 0.0, 5.0)
         _check_at_least(where, "num_inference_steps", cfg.num_inference_steps, 1)

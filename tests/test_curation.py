@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from megactor.config import ConfigError
+from megactor.config import TrainDataConfig
 from megactor.curation.config import load_curation_config
+from megactor.data.dataset import ClipDataset
 from megactor.curation.pipeline import curate, main
 from megactor.curation.runner import Item, Step, process_items
 from megactor.data.shards import index_shard, list_shards, plan_shards, unpack_array, write_shard
@@ -82,8 +85,12 @@ def test_a_worker_crash_is_recorded_and_the_others_processed(tmp_path):
 
 
 def test_settings_reject_unknown_keys_and_bad_values(tmp_path, capsys):
-    cfg = load_curation_config(["clip_seconds=4", "max_sync_lag=3"])
-    assert cfg.clip_seconds == 4.0 and cfg.max_sync_lag == 3
+    cfg = load_curation_config(["clip_seconds=4", "max_sync_lag_ms=200"])
+    assert cfg.clip_seconds == 4.0 and cfg.max_sync_lag_ms == 200
+    with pytest.raises(ConfigError, match="dwpose_det_model and dwpose_pose_model"):
+        load_curation_config(["face_backend=dwpose"])
+    with pytest.raises(ConfigError, match="min_sync_lag_ms"):
+        load_curation_config(["min_sync_lag_ms=400"])
     assert main(["pack"], ["--input-dir", str(tmp_path), "--output-dir", str(tmp_path / "o"), "bogus_key=1"]) == 2
     assert "bogus_key" in capsys.readouterr().err
     assert main(["pack"], ["--input-dir", str(tmp_path), "--output-dir", str(tmp_path / "o"), "workers=0"]) == 2
@@ -116,7 +123,9 @@ def test_curate_keeps_the_real_clips(testcases, tmp_path):
     assert len(sample["faces"]["valid"]) == n and all(sample["faces"]["valid"])
     landmarks = unpack_array(sample["faces"]["landmarks"])
     assert landmarks.shape == (n, 468, 2) and np.isfinite(landmarks).all()
-    assert {"sync_score", "sync_lag", "valid_fraction", "yaw", "motion"} <= set(sample["metrics"])
+    assert {"sync_score", "sync_lag", "sync_lag_ms", "valid_fraction", "yaw", "motion"} <= set(sample["metrics"])
+    assert sample["metrics"]["sync_scorer"] == "lipsync" and sample["has_audio"]
+    assert unpack_array(sample["faces"]["mouth_appearance"]).shape == (n, 3)
     report = (out / "report.md").read_text()
     assert "clips: 3, kept: 3" in report and "| sync_score | 3 |" in report
     assert {"sync_score.png", "valid_fraction.png", "motion.png"} <= set(os.listdir(out / "report"))
@@ -133,7 +142,6 @@ def test_faults_are_recorded_and_the_rest_processed(testcases, tmp_path):
     (src / "truncated.mp4").write_bytes(data[:len(data) // 2])
     (src / "notes").mkdir()
     (src / "notes" / "text.mp4").write_text("this is not a video\n")
-    write_video(str(src / "silent_film.mp4"), a, fps, None)
     noise = np.random.default_rng(0).integers(0, 256, a.shape, dtype=np.uint8)
     write_video(str(src / "noise.mp4"), noise, fps, audio)
     write_video(str(src / "two_faces.mp4"), np.concatenate([a, b], axis=2), fps, audio)
@@ -142,7 +150,7 @@ def test_faults_are_recorded_and_the_rest_processed(testcases, tmp_path):
     summary = curate(str(src), str(tmp_path / "out"), cfg)
     table = pd.read_csv(tmp_path / "out" / "metrics.csv").set_index("source")
     expected = {"truncated.mp4": ("pack", "unreadable"), "notes/text.mp4": ("pack", "unreadable"),
-                "silent_film.mp4": ("pack", "no_audio"), "noise.mp4": ("face", "no_face"),
+                "noise.mp4": ("face", "no_face"),
                 "two_faces.mp4": ("face", "multiple_faces")}
     for source, (step, reason) in expected.items():
         assert (table.loc[source, "dropped_at"], table.loc[source, "reason"]) == (step, reason), source
@@ -151,6 +159,40 @@ def test_faults_are_recorded_and_the_rest_processed(testcases, tmp_path):
     assert [r.key for p in list_shards(str(tmp_path / "out" / "shards")) for r in index_shard(p)] == \
         [table.loc["good.mp4", "key"]]
     assert "| face | no_face | 1 |" in summary and "| pack | unreadable | 2 |" in summary
+
+
+@pytest.mark.slow
+def test_visual_only_clips_are_kept_marked_and_trained_visually(testcases, tmp_path):
+    clips = sorted((testcases / "driver").glob("*.mp4"))
+    src = tmp_path / "in"
+    frames, audio, fps = small_clip(clips[0], 192, 2.5)
+    write_video(str(src / "talk.mp4"), frames, fps, audio)
+    write_video(str(src / "silent_film.mp4"), small_clip(clips[1], 192, 2.5)[0], fps, None)
+    out = tmp_path / "out"
+    curate(str(src), str(out), load_curation_config(["min_face_size=40"]))
+    table = pd.read_csv(out / "metrics.csv").set_index("source")
+    assert table["kept"].all() and len(table) == 2
+    assert not table.loc["silent_film.mp4", "has_audio"] and table.loc["talk.mp4", "has_audio"]
+    assert np.isnan(table.loc["silent_film.mp4", "sync_score"])  # the sync filter skipped it
+    refs = {r.key.split("-")[0]: r for p in list_shards(str(out / "shards")) for r in index_shard(p)}
+    assert refs["silent_film"].read_json()["has_audio"] is False and refs["talk"].read_json()["has_audio"] is True
+
+    # the trainer's data folder is the curation's output folder; the silent clip gives visual or undriven samples
+    cfg = TrainDataConfig(data_dirs=[str(out)], video_length=2, sample_size=32, ref_min_distance=4,
+                          use_audio_ratio=0.5, use_both_ratio=0.3, uncond_ratio=0.1)
+    dataset = ClipDataset(cfg, seed=0)
+    silent = dataset.samples.index(refs["silent_film"])
+    modes = [dataset.load(silent, np.random.default_rng(i)) for i in range(12)]
+    assert all(not s["use_audio"] for s in modes) and any(s["use_visual"] for s in modes)
+    assert all(len(s["audio"]) == round(2.5 * 16000) and not s["audio"].any() for s in modes)
+    talk = [dataset.load(dataset.samples.index(refs["talk"]), np.random.default_rng(i)) for i in range(12)]
+    assert any(s["use_audio"] for s in talk)
+
+    strict = tmp_path / "strict"
+    curate(str(src), str(strict), load_curation_config(["min_face_size=40", "require_audio=true"]))
+    table = pd.read_csv(strict / "metrics.csv").set_index("source")
+    assert (table.loc["silent_film.mp4", "dropped_at"], table.loc["silent_film.mp4", "reason"]) == ("pack", "no_audio")
+    assert table.loc["talk.mp4", "kept"]
 
 
 @pytest.mark.slow
@@ -163,7 +205,7 @@ def test_killed_run_resumes_to_the_same_shards(testcases, tmp_path):
     truth = {"mouth_opening": list(range(90)), "params": {"seed": 7, "size": [256, 256]}}
     (src / clips[0].with_suffix(".json").name).write_text(json.dumps(truth))
     settings = ["clip_seconds=1.5", "min_clip_seconds=1.2", "min_face_size=40", "shard_size_mb=0.1",
-                "min_sync_score=-1", "max_sync_lag=15"]
+                "min_sync_score=-1", "min_sync_lag_ms=-1000", "max_sync_lag_ms=1000"]
 
     clean = tmp_path / "clean"
     curate(str(src), str(clean), load_curation_config(settings))

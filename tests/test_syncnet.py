@@ -1,10 +1,15 @@
-"""SyncNet: the reference network's layout, its MFCCs, the lag convention, loading errors, a scored clip."""
+"""SyncNet: the reference network's layout, its MFCCs, the lag convention, loading errors, a scored clip, and
+the curation scoring with it when its weights are named."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from megactor.data.video_io import read_video
+from megactor.curation.config import load_curation_config
+from megactor.curation.pipeline import curate
+from megactor.data.video_io import read_video, write_video
 from megactor.metrics.syncnet import SyncNet, SyncNetScorer, mean_distances, syncnet_mfcc
+from test_curation import small_clip
 
 
 def test_mfcc_matches_python_speech_features():
@@ -58,3 +63,20 @@ def test_scores_a_clip_with_loaded_weights(testcases, tmp_path):
     assert result.score == pytest.approx(result.correlations.max() - np.median(result.correlations), rel=1e-5)
     assert result.correlations[result.lag + 5] == result.correlations.max()
     assert scorer.score(faces, clip.audio, clip.fps, max_lag=5).lag == result.lag  # deterministic
+
+
+@pytest.mark.slow
+def test_curation_scores_with_syncnet_when_its_weights_are_named(testcases, tmp_path):
+    torch.manual_seed(0)
+    torch.save(SyncNet().state_dict(), tmp_path / "syncnet.model")  # random weights, through the real loading path
+    frames, audio, fps = small_clip(sorted((testcases / "driver").glob("*.mp4"))[0], 192, 1.5)
+    write_video(str(tmp_path / "in" / "talk.mp4"), frames, fps, audio)
+    settings = ["min_face_size=40", "min_clip_seconds=1", f"syncnet_weights={tmp_path / 'syncnet.model'}"]
+    summary = curate(str(tmp_path / "in"), str(tmp_path / "out"), load_curation_config(settings))
+    row = pd.read_csv(tmp_path / "out" / "metrics.csv").iloc[0]
+    assert row["sync_scorer"] == "syncnet" and "syncnet (1 clips)" in summary
+    assert np.isfinite(row["sync_score"]) and row["sync_lag_ms"] == 40 * row["sync_lag"]  # SyncNet's 25 fps frames
+    assert {"sync_score", "sync_lag", "sync_lag_ms", "audio_rms", "has_audio"} <= set(row.index)
+    # the same clip without the weights: the weight-free scorer, the same columns
+    default = curate(str(tmp_path / "in"), str(tmp_path / "out2"), load_curation_config(settings[:2]))
+    assert "lipsync (1 clips)" in default

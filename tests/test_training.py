@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from megactor.config import ConfigError, TrainConfig, load_config
 from megactor.data.dataset import ClipDataset, collate_clips
 from megactor.models import load_noise_schedule
-from megactor.training.trainer import Trainer
+from megactor.training.trainer import Trainer, check_paths
 
 from conftest import curated_synthetic_shards
 
@@ -149,6 +149,16 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(shards, tmp_path, monke
         trainer.train()
     assert trainer.nan_total == 4  # steps 2, 4, 5, 6
     assert any(not torch.equal(p, before[n]) for n, p in trainer.unwrapped.named_parameters() if p.requires_grad)
+
+
+def test_the_curation_output_folder_is_a_data_folder(shards, tmp_path):
+    """curate.py's OUT (shards in OUT/shards) is accepted as the dataset accepts it, and OUT/shards too."""
+    for folder in (os.path.dirname(shards), shards):
+        cfg = config(1, folder, tmp_path)
+        check_paths(cfg, "test")
+        assert len(ClipDataset(cfg.train_data, seed=0)) > 0
+    with pytest.raises(ConfigError, match="holds no .tar shards"):
+        check_paths(config(1, str(tmp_path), tmp_path), "test")
 
 
 def test_bad_configs_fail_before_training(shards, tmp_path):

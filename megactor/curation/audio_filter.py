@@ -1,15 +1,21 @@
 """Step 3, audio filter: the voice must match the mouth, and the head must stay within limits.
 
-Per clip: the lip-sync score and lag (``metrics.lipsync.lip_sync``: mouth
-opening from step 2 against the audio's speech envelope), the audio's RMS, and
-the head-pose extent and motion measured in step 2. Clips are dropped, in this
-order of reasons, for: "silent_audio", "low_sync" (score < min_sync_score),
-"sync_lag" (|lag| > max_sync_lag), "head_pose" (yaw/pitch/roll beyond their
-limits), "motion" (faster than max_motion). Every threshold applies when the
-step assembles its shards. The kept clips are the pipeline's final shards.
+Per clip: the audio's RMS, the lip-sync confidence and lag, and the head-pose
+extent and motion measured in step 2. The scorer is ``metrics.lipsync.lip_sync``
+(canonical correlation of the mouth's appearance recorded in step 2 with five
+audio bands; no weights), or SyncNet when ``syncnet_weights`` names its state
+dict (on face crops cut around step 2's boxes); the "sync_scorer" column says
+which ran. Clips are dropped, in this order of reasons, for: "silent_audio",
+"low_sync" (confidence under ``min_sync_score``, or ``min_syncnet_confidence``
+for SyncNet), "sync_lag" (the best lag outside ``min_sync_lag_ms`` ...
+``max_sync_lag_ms``), "head_pose" (yaw/pitch/roll beyond their limits),
+"motion" (faster than ``max_motion``). A visual-only clip (``has_audio`` false
+in its json) skips the audio reasons. Every threshold applies when the step
+assembles its shards. The kept clips are the pipeline's final shards.
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Optional
 
@@ -18,13 +24,79 @@ import numpy as np
 from megactor.curation.config import CurationConfig
 from megactor.curation.face_filter import FaceFilter
 from megactor.curation.runner import Item, Step, shard_items
-from megactor.data.shards import decode_audio
+from megactor.data.control import crop_and_resize, face_crop_box
+from megactor.data.face import lip_measures
+from megactor.data.shards import decode_audio, iter_frames, unpack_array
 from megactor.data.video_io import MediaError, fit_audio
 from megactor.metrics.lipsync import lip_sync
+from megactor.metrics.syncnet import FPS as SYNCNET_FPS
+from megactor.metrics.syncnet import SyncNetScorer
+
+SYNCNET_CROP_SCALE = 0.4  # the reference pipeline's crop_scale: a square 1.4 x the face box, centred 0.2 x lower
+
+
+def audio_rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+
+
+def sync_signal(faces: dict) -> np.ndarray:
+    """A clip's per-frame lip signal for ``lip_sync`` from its "faces" json: the mouth's appearance
+    components, or (shards made before those were recorded) the lip measures of its landmarks."""
+    if "mouth_appearance" in faces:
+        return unpack_array(faces["mouth_appearance"])  # (T, 3), NaN without one face
+    return lip_measures(unpack_array(faces["landmarks"]))  # (T, 2)
+
+
+def measure_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, cfg: CurationConfig) -> dict:
+    """(T, K) lip signal (``sync_signal``; NaN where no face) and the clip's audio -> the weight-free scorer's
+    sync columns."""
+    try:
+        sync = lip_sync(lips, audio, sample_rate, fps, cfg.sync_search_frames)
+    except ValueError as e:  # too short, or no lips measured
+        return {"sync_scorer": "lipsync", "sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None,
+                "sync_error": str(e)}
+    return {"sync_scorer": "lipsync", "sync_score": sync.score, "sync_lag": sync.lag,
+            "sync_lag_ms": sync.lag * 1000.0 / fps}
+
+
+def face_crops(video: bytes, name: str, boxes: list, size: int = 224) -> np.ndarray:
+    """(T, size, size, 3) face crops as SyncNet's reference pipeline cuts them around each frame's face box
+    (missing boxes take the nearest frame's), decoded one frame at a time."""
+    known = [i for i, b in enumerate(boxes) if b is not None]
+    if not known:
+        raise ValueError(f"{name}: no face box to crop")
+    nearest = np.asarray(known)
+    crops = []
+    _, frames = iter_frames(io.BytesIO(video), name)
+    for i, frame in enumerate(frames):
+        if i >= len(boxes):
+            frames.close()
+            break
+        box = np.asarray(boxes[int(nearest[np.abs(nearest - i).argmin()])], np.float64)
+        box[[1, 3]] += SYNCNET_CROP_SCALE / 2 * max(box[2] - box[0], box[3] - box[1])
+        crops.append(crop_and_resize(frame, face_crop_box(box, frame.shape[:2], SYNCNET_CROP_SCALE), size))
+    return np.stack(crops)
+
+
+def sync_reason(record: dict, cfg: CurationConfig) -> Optional[str]:
+    """The audio reason to drop a clip ("silent_audio", "low_sync", "sync_lag"), or None; none for visual-only."""
+    if not record.get("has_audio", True):
+        return None
+    if record["audio_rms"] < cfg.min_audio_rms:
+        return "silent_audio"
+    threshold = cfg.min_syncnet_confidence if record["sync_scorer"] == "syncnet" else cfg.min_sync_score
+    if not record["sync_score"] >= threshold:  # NaN (not scorable) fails too
+        return "low_sync"
+    if not cfg.min_sync_lag_ms <= record["sync_lag_ms"] <= cfg.max_sync_lag_ms:
+        return "sync_lag"
+    return None
 
 
 class AudioFilter(Step):
     name, folder = "audio", "3_audio"
+
+    def __init__(self):
+        self.syncnet: Optional[SyncNetScorer] = None
 
     def shard_dir(self, out_dir: str) -> str:
         return os.path.join(out_dir, "shards")
@@ -32,35 +104,54 @@ class AudioFilter(Step):
     def items(self, in_dir: str, out_dir: str) -> list[Item]:
         return shard_items(FaceFilter().shard_dir(out_dir), "2_face_filter.py")
 
+    def setup(self, cfg: CurationConfig) -> None:
+        if cfg.syncnet_weights:
+            self.syncnet = SyncNetScorer(cfg.syncnet_weights)
+
+    def teardown(self) -> None:
+        self.syncnet = None
+
     def process(self, item: Item, cfg: CurationConfig, item_dir: str) -> list[dict]:
         ref = item.source
         name = f"{ref.shard}:{ref.key}"
         try:
             sample = ref.read_json()
-            fps, rate = float(sample["fps"]), int(sample["sample_rate"])
-            audio = fit_audio(decode_audio(ref.read("mp4"), name, rate), int(round(sample["num_frames"] / fps * rate)))
-            mouth = np.array([np.nan if m is None else m for m in sample["faces"]["mouth_opening"]])
+            fps, has_audio = float(sample["fps"]), bool(sample.get("has_audio", True))
+            if has_audio:
+                rate = int(sample["sample_rate"])
+                audio = fit_audio(decode_audio(ref.read("mp4"), name, rate), int(round(sample["num_frames"] / fps * rate)))
+            lips = sync_signal(sample["faces"])
         except (MediaError, ValueError, KeyError, OSError) as e:
             return [{"record": {"key": ref.key, "source": name, "reason": "unreadable", "error": str(e)},
                      "json": None, "mp4": None}]
-        metrics = {"audio_rms": float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0}
-        try:
-            sync = lip_sync(mouth, audio, rate, fps, cfg.sync_search_frames)
-            metrics.update(sync_score=sync.score, sync_lag=sync.lag)
-        except ValueError as e:  # too short, or no mouth measured
-            metrics.update(sync_score=float("nan"), sync_lag=None, sync_error=str(e))
+        if not has_audio:
+            metrics = {"has_audio": False, "audio_rms": float("nan"), "sync_scorer": None,
+                       "sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None}
+        elif self.syncnet is not None:
+            metrics = {"has_audio": True, "audio_rms": audio_rms(audio), **self.syncnet_metrics(ref.read("mp4"), name, sample["faces"]["boxes"], audio, rate, fps, cfg)}
+        else:
+            metrics = {"has_audio": True, "audio_rms": audio_rms(audio), **measure_sync(lips, audio, rate, fps, cfg)}
         sample["metrics"] = {**sample["metrics"], **metrics}
         record = {"key": ref.key, "source": sample.get("source", name), **sample["metrics"], "reason": None}
         offset, size = ref.members["mp4"]
         return [{"record": record, "json": sample, "mp4": {"path": os.path.abspath(ref.shard), "offset": offset, "size": size}}]
 
+    def syncnet_metrics(self, video: bytes, name: str, boxes: list, audio: np.ndarray, rate: int, fps: float,
+                        cfg: CurationConfig) -> dict:
+        """SyncNet's sync columns for one clip (its lag in SyncNet's 25 fps frames)."""
+        try:
+            crops = face_crops(video, name, boxes)
+            sync = self.syncnet.score(crops, audio, fps, rate, cfg.sync_search_frames)
+        except ValueError as e:
+            return {"sync_scorer": "syncnet", "sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None,
+                    "sync_error": str(e)}
+        return {"sync_scorer": "syncnet", "sync_score": sync.score, "sync_lag": sync.lag,
+                "sync_lag_ms": sync.lag * 1000.0 / SYNCNET_FPS}
+
     def decide(self, record: dict, cfg: CurationConfig) -> Optional[str]:
-        if record["audio_rms"] < cfg.min_audio_rms:
-            return "silent_audio"
-        if not record["sync_score"] >= cfg.min_sync_score:  # NaN (not scorable) fails too
-            return "low_sync"
-        if abs(record["sync_lag"]) > cfg.max_sync_lag:
-            return "sync_lag"
+        reason = sync_reason(record, cfg)
+        if reason is not None:
+            return reason
         if record["yaw"] > cfg.max_yaw or record["pitch"] > cfg.max_pitch or record["roll"] > cfg.max_roll:
             return "head_pose"
         if record["motion"] > cfg.max_motion:

@@ -1,8 +1,13 @@
 """Step 1, pack: videos found under the input folder -> clips of at most ``clip_seconds`` in shards.
 
-Each clip is re-encoded (H.264 + AAC, audio 16 kHz mono) and described by a
-json: its source, start, fps, frame count, size, and the source's sidecar
-``<video>.json`` if there is one, with per-frame lists cut to the clip.
+Each clip is re-encoded (H.264 + AAC, audio 16 kHz mono, on the video's
+timeline) and described by a json: its source, start, fps, frame count, size,
+whether it has audio, and the source's sidecar ``<video>.json`` if there is
+one, with per-frame lists cut to the clip. Frames go from the decoder to the
+encoder one at a time and the audio is decoded as the clips need it, so a
+worker's memory does not grow with the video's length. A video without an
+audio track is packed visual-only (``has_audio: false``) unless
+``require_audio`` is set, which drops it ("no_audio").
 """
 from __future__ import annotations
 
@@ -11,15 +16,15 @@ import json
 import math
 import os
 import re
-from itertools import chain, islice
-from typing import Any, Iterator
+from itertools import chain, count, islice
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from megactor.curation.config import CurationConfig
 from megactor.curation.runner import Item, Step
 from megactor.data.shards import iter_frames
-from megactor.data.video_io import AUDIO_RATE, VIDEO_EXTS, MediaError, fit_audio, probe, read_audio, write_video
+from megactor.data.video_io import AUDIO_RATE, VIDEO_EXTS, MediaError, fit_audio, iter_audio, probe, write_video
 
 
 def item_key(rel_path: str) -> str:
@@ -49,10 +54,33 @@ def slice_per_frame(meta: Any, total: int, start: int, stop: int) -> Any:
     return meta
 
 
-def chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Consecutive (<= size, H, W, 3) stacks of ``frames``."""
-    while chunk := list(islice(frames, size)):
-        yield np.stack(chunk)
+class Counted:
+    """Passes the items of an iterable through, counting them."""
+
+    def __init__(self, items: Iterable):
+        self.items, self.count = iter(items), 0
+
+    def __iter__(self) -> Iterator:
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
+class SampleStream:
+    """Consecutive pieces of an audio track, by sample count, from a stream of decoded chunks."""
+
+    def __init__(self, chunks: Iterator[np.ndarray]):
+        self.chunks, self.buffer = chunks, np.zeros(0, np.float32)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` samples (zero-padded past the track's end)."""
+        parts, have = [self.buffer], self.buffer.size
+        while have < n and (chunk := next(self.chunks, None)) is not None:
+            parts.append(chunk)
+            have += chunk.size
+        data = np.concatenate(parts)
+        self.buffer = data[n:]
+        return fit_audio(data[:n], n)
 
 
 class Pack(Step):
@@ -74,9 +102,9 @@ class Pack(Step):
             info = probe(path)
             if not info["has_video"]:
                 return failed("no_video")
-            if not info["has_audio"]:
+            if not info["has_audio"] and cfg.require_audio:
                 return failed("no_audio")
-            audio = read_audio(path, AUDIO_RATE)
+            audio = SampleStream(iter_audio(path, AUDIO_RATE)) if info["has_audio"] else None
             fps, frames = iter_frames(path, path)
             first = next(frames, None)
         except MediaError as e:
@@ -91,26 +119,37 @@ class Pack(Step):
 
         clip_frames = max(1, int(round(cfg.clip_seconds * fps)))
         min_frames = math.ceil(cfg.min_clip_seconds * fps)
+        frames = chain([first], frames)
         clips, starts = [], []
-        for index, clip in enumerate(chunks(chain([first], frames), clip_frames)):
+        for index in count():
+            head = next(frames, None)  # one frame ahead: is there another clip?
+            if head is None:
+                break
             start = index * clip_frames
             key = f"{item.key}_{index:03d}"
+            n = int(round((start + clip_frames) / fps * AUDIO_RATE)) - int(round(start / fps * AUDIO_RATE))
+            try:
+                clip_audio = audio.take(n) if audio is not None else None
+            except MediaError as e:
+                return failed("unreadable", str(e))
+            mp4 = os.path.join(item_dir, key + ".mp4")
+            written = Counted(chain([head], islice(frames, clip_frames - 1)))
+            write_video(mp4, written, fps, clip_audio, AUDIO_RATE)  # frames go to the encoder one at a time
             record = {"key": key, "source": rel, "clip_index": index, "clip_start": start / fps,
-                      "num_frames": len(clip), "fps": fps, "duration": len(clip) / fps,
-                      "height": clip.shape[1], "width": clip.shape[2], "reason": None}
-            if len(clip) < min_frames:
+                      "num_frames": written.count, "fps": fps, "duration": written.count / fps,
+                      "height": int(head.shape[0]), "width": int(head.shape[1]), "has_audio": audio is not None,
+                      "reason": None}
+            if written.count < min_frames:
+                os.remove(mp4)
                 clips.append({"record": {**record, "reason": "too_short"}, "json": None, "mp4": None})
                 continue
-            a0 = int(round(start / fps * AUDIO_RATE))
-            n = int(round(len(clip) / fps * AUDIO_RATE))
-            mp4 = os.path.join(item_dir, key + ".mp4")
-            write_video(mp4, clip, fps, fit_audio(audio[a0:a0 + n], n), AUDIO_RATE)
             sample = {"key": key, "source": rel, "clip_index": index, "start_frame": start, "clip_start": start / fps,
-                      "fps": fps, "sample_rate": AUDIO_RATE, "num_frames": len(clip),
-                      "height": int(clip.shape[1]), "width": int(clip.shape[2]), "metrics": {}}
+                      "fps": fps, "sample_rate": AUDIO_RATE, "num_frames": written.count,
+                      "height": int(head.shape[0]), "width": int(head.shape[1]), "has_audio": audio is not None,
+                      "metrics": {}}
             clips.append({"record": record, "json": sample,
                           "mp4": {"path": mp4, "offset": 0, "size": os.path.getsize(mp4)}})
-            starts.append((len(clips) - 1, start, start + len(clip)))
+            starts.append((len(clips) - 1, start, start + written.count))
         total = sum(c["record"]["num_frames"] for c in clips)
         if meta is not None:
             for i, start, stop in starts:

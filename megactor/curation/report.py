@@ -21,8 +21,8 @@ HISTOGRAMS = {
     "duration": lambda c: (c.min_clip_seconds, c.clip_seconds),
     "valid_fraction": lambda c: (c.min_valid_fraction, None),
     "face_size": lambda c: (c.min_face_size if c.min_face_size >= 1 else None, None),
-    "sync_score": lambda c: (c.min_sync_score, None),
-    "sync_lag": lambda c: (-c.max_sync_lag, c.max_sync_lag),
+    "sync_score": lambda c: (c.min_syncnet_confidence if c.syncnet_weights else c.min_sync_score, None),
+    "sync_lag_ms": lambda c: (c.min_sync_lag_ms, c.max_sync_lag_ms),
     "audio_rms": lambda c: (c.min_audio_rms, None),
     "yaw": lambda c: (None, c.max_yaw),
     "pitch": lambda c: (None, c.max_pitch),
@@ -63,6 +63,11 @@ def summary(table: pd.DataFrame) -> str:
     clips = table[table["key"].notna()]
     lines = [f"- inputs that failed before clipping: {int(table['key'].isna().sum())}",
              f"- clips: {len(clips)}, kept: {int(clips['kept'].sum())}"]
+    if "sync_scorer" in clips and clips["sync_scorer"].notna().any():
+        scorers = clips["sync_scorer"].dropna().value_counts().sort_index()
+        lines.append("- sync scored by: " + ", ".join(f"{name} ({n} clips)" for name, n in scorers.items()))
+    if "has_audio" in clips:
+        lines.append(f"- visual-only clips (no audio track): {int(clips['has_audio'].eq(False).sum())}")
     dropped = table[~table["kept"]].groupby(["dropped_at", "reason"], sort=True).size()
     if len(dropped):
         lines += ["", "| dropped at | reason | count |", "| --- | --- | --- |"]

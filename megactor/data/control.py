@@ -36,6 +36,28 @@ def similarity_transform(src_pts: np.ndarray, dst_pts: np.ndarray) -> np.ndarray
     return np.concatenate([scale * rot, (dst_mean - scale * rot @ src_mean)[:, None]], 1)
 
 
+def mouth_patch(image: np.ndarray, lm: np.ndarray, size: tuple[int, int] = (32, 24)) -> np.ndarray:
+    """(H, W, 3) RGB uint8 and its face's (N, 2|3) landmarks -> (h, w) float32 grayscale patch of the mouth.
+
+    The patch is upright on the eye axis, centred on the outer lip contour, and ``1.3 * face_size`` wide
+    (the mouth and a margin around it), so that it shows the same part of every face at every distance.
+    """
+    layout = landmark_layout(lm)
+    lm = np.asarray(lm, np.float64)[:, :2]
+    width, height = size
+    centre = lm[layout.mouth_outer].mean(0)
+    axis = lm[layout.left_eye].mean(0) - lm[layout.right_eye].mean(0)
+    angle = np.arctan2(axis[1], axis[0])
+    scale = width / max(1.3 * float(np.linalg.norm(axis)), 1e-6)
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    rot = np.array([[c, s], [-s, c]])  # rotates the eye axis onto +x, scaled
+    matrix = np.concatenate([rot, (np.array([width / 2, height / 2]) - rot @ centre)[:, None]], 1)
+    matrix[:, 2] += matrix[:, :2].sum(1) * 0.5 - 0.5  # continuous coordinates -> cv2's pixel centres
+    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return cv2.warpAffine(gray, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+
+
 def transform_points(pts: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Apply a (2, 3) similarity to (..., N, 2|3) points; z (if given) is scaled by its scale."""
     pts = np.asarray(pts, np.float64)

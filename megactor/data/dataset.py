@@ -37,6 +37,9 @@ Iterating in the main process and then forking DataLoader workers from it can
 deadlock the workers in OpenCV's thread pool; a DataLoader alone (the trainer's
 use) or ``multiprocessing_context="forkserver"`` is safe.
 
+A visual-only clip (``has_audio`` false in its json: its video had no audio
+track) gives only visual and undriven samples, with silence as their "audio".
+
 Per sample: ``video_length`` frames at ``frame_stride`` (a start drawn
 uniformly among those whose frames are all valid), a reference frame of the
 same clip at least ``ref_min_distance`` frames from every sampled frame (else
@@ -79,8 +82,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from megactor.config import AugmentConfig, ConfigError, TrainDataConfig
 from megactor.data.control import (control_frames, crop_and_resize, crop_matrix, face_crop_box, patch_mask,
                                    transform_points, warp_frames)
-from megactor.data.shards import (SampleRef, decode_audio, decode_frames, decode_selected_frames, index_shard,
-                                  list_shards, unpack_array)
+from megactor.data.shards import (SampleRef, data_dir_shards, decode_audio, decode_frames, decode_selected_frames,
+                                  index_shard, unpack_array)
 from megactor.data.video_io import MediaError, fit_audio
 
 log = logging.getLogger(__name__)
@@ -140,17 +143,22 @@ def draw_mode(u: float, audio_ratio: float, both_ratio: float, uncond_ratio: flo
     return "visual"
 
 
-def plan_sample(valid: np.ndarray, cfg: TrainDataConfig, rng: np.random.Generator) -> tuple[np.ndarray, int, str]:
+def plan_sample(valid: np.ndarray, cfg: TrainDataConfig, rng: np.random.Generator,
+                has_audio: bool = True) -> tuple[np.ndarray, int, str]:
     """(T,) per-frame validity -> (frame indices (L,), reference frame, mode), drawn in this order from ``rng``.
 
-    Raises CorruptSample when no run of ``video_length`` valid frames at ``frame_stride`` exists.
+    A clip without audio gives only visual and undriven ("none") samples: the audio and both modes' shares
+    go to visual. Raises CorruptSample when no run of ``video_length`` valid frames at ``frame_stride`` exists.
     """
     starts = valid_starts(valid, cfg.video_length, cfg.frame_stride)
     if not len(starts):
         raise CorruptSample(f"no {cfg.video_length} valid frames at stride {cfg.frame_stride} in {len(valid)}")
     indices = int(rng.choice(starts)) + np.arange(cfg.video_length) * cfg.frame_stride  # (L,)
     ref_index = pick_reference(valid, indices, cfg.ref_min_distance, rng)
-    return indices, ref_index, draw_mode(rng.random(), cfg.use_audio_ratio, cfg.use_both_ratio, cfg.uncond_ratio)
+    u = rng.random()
+    if not has_audio:
+        return indices, ref_index, draw_mode(u, 0.0, 0.0, cfg.uncond_ratio)
+    return indices, ref_index, draw_mode(u, cfg.use_audio_ratio, cfg.use_both_ratio, cfg.uncond_ratio)
 
 
 def augment(frames: np.ndarray, landmarks: np.ndarray, cfg: AugmentConfig,
@@ -232,7 +240,7 @@ class ClipDataset(IterableDataset):
         self.cache = FrameCache(cfg.frame_cache_mb << 20) if cfg.frame_cache_mb > 0 else None
         shards = []
         for folder in cfg.data_dirs:
-            found = list_shards(os.path.join(folder, "shards")) or list_shards(folder)
+            found = data_dir_shards(folder)
             if not found:
                 raise FileNotFoundError(f"train_data.data_dirs: no *.tar shards in {folder} (nor in {folder}/shards)")
             shards += found
@@ -307,10 +315,11 @@ class ClipDataset(IterableDataset):
             meta = ref.read_json()
             faces, fps = meta["faces"], float(meta["fps"])
             valid = np.asarray(faces["valid"], bool)
+            has_audio = bool(meta.get("has_audio", True))
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptSample(f"{name}: bad json ({e})") from None
         try:
-            indices, ref_index, mode = plan_sample(valid, cfg, rng)
+            indices, ref_index, mode = plan_sample(valid, cfg, rng, has_audio)
         except CorruptSample as e:
             raise CorruptSample(f"{name}: {e}") from None
 
@@ -326,8 +335,8 @@ class ClipDataset(IterableDataset):
         audio = np.zeros(0, np.float32)
         if self.with_audio:
             rate = int(meta.get("sample_rate", 16000))
-            audio = decode_audio(video_bytes(), name, rate)
-            audio = fit_audio(audio, int(round(len(valid) / fps * rate)))  # drop AAC padding
+            audio = decode_audio(video_bytes(), name, rate) if has_audio else np.zeros(0, np.float32)
+            audio = fit_audio(audio, int(round(len(valid) / fps * rate)))  # drop AAC padding; silence without audio
         try:
             all_landmarks = unpack_array(faces["landmarks"])  # (T, N, 2)
             landmarks = all_landmarks[indices]  # (L, N, 2)

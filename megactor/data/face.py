@@ -19,7 +19,7 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -160,6 +160,22 @@ def mouth_opening(lm: np.ndarray) -> np.ndarray:
     return _dist(lm, layout.lips).mean(-1) / np.maximum(face_size(lm), 1e-6)
 
 
+def mouth_width(lm: np.ndarray) -> np.ndarray:
+    """(..., N, k) -> (...): span of the outer lip contour along the eye axis / face_size."""
+    layout = landmark_layout(lm)
+    lm = np.asarray(lm, np.float64)[..., :2]
+    axis = lm[..., layout.left_eye, :].mean(-2) - lm[..., layout.right_eye, :].mean(-2)  # (..., 2)
+    axis /= np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-6)
+    along = (lm[..., layout.mouth_outer, :] * axis[..., None, :]).sum(-1)  # (..., P)
+    return (along.max(-1) - along.min(-1)) / np.maximum(face_size(lm), 1e-6)
+
+
+def lip_measures(lm: np.ndarray) -> np.ndarray:
+    """(..., N, k) -> (..., 2): inner-lip gap and mouth width (``mouth_opening``, ``mouth_width``): the sync
+    filter's lip signal for clips analysed before the mouth's appearance was recorded."""
+    return np.stack([mouth_opening(lm), mouth_width(lm)], -1)
+
+
 def eye_opening(lm: np.ndarray) -> np.ndarray:
     """(..., N, k) -> (...): eyelid gap / eye width, averaged over both eyes; ~0.3 open, <0.1 shut."""
     layout = landmark_layout(lm)
@@ -217,9 +233,16 @@ class FaceAnalyser(ABC):
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in one RGB uint8 (H, W, 3) image, each analysed on its own (static mode)."""
 
-    def track(self, frames: np.ndarray) -> list[list[Face]]:
-        """Faces per frame of a clip (T, H, W, 3); backends that can track override this."""
-        return [self.detect(frame) for frame in frames]
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, list[Face]]]:
+        """(frame, its faces) for each frame of a clip, as they come: a (T, H, W, 3) array or any iterable of
+        (H, W, 3) frames (a decoder's, so that one frame at a time is in memory). Backends that can track
+        override this."""
+        for frame in frames:
+            yield frame, self.detect(frame)
+
+    def track(self, frames: Iterable[np.ndarray]) -> list[list[Face]]:
+        """Faces per frame of a clip (see ``stream``)."""
+        return [faces for _, faces in self.stream(frames)]
 
     def close(self) -> None:
         """Release the backend's resources."""
@@ -320,18 +343,19 @@ class MediaPipeFaceAnalyser(FaceAnalyser):
             result = graph.process(image)
         return self._faces(result, *image.shape[:2], previous=[])
 
-    def track(self, frames: np.ndarray) -> list[list[Face]]:
-        frames = np.asarray(frames)
-        if frames.ndim != 4:
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, list[Face]]]:
+        if isinstance(frames, np.ndarray) and frames.ndim != 4:
             raise ValueError(f"frames must be RGB uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
         graph = self._graph(static=False)
-        out: list[list[Face]] = []
-        with quiet_native_logs():
+        with quiet_native_logs():  # per call: the consumer runs between frames, its own stderr intact
             graph.reset()  # no tracking state carried over from another clip
-            for frame in frames:
-                frame = _check_image(frame, "frames")
-                out.append(self._faces(graph.process(frame), *frame.shape[:2], previous=out[-1] if out else []))
-        return out
+        previous: list[Face] = []
+        for frame in frames:
+            frame = _check_image(frame, "frames")
+            with quiet_native_logs():
+                result = graph.process(frame)
+            previous = self._faces(result, *frame.shape[:2], previous=previous)
+            yield frame, previous
 
     def close(self) -> None:
         with quiet_native_logs():
@@ -435,3 +459,14 @@ def build_face_analyser(backend: str = "mediapipe", **kwargs) -> FaceAnalyser:
     if backend not in BACKENDS:
         raise ValueError(f"unknown face backend {backend!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[backend](**kwargs)
+
+
+def face_analyser_from(cfg) -> FaceAnalyser:
+    """The analyser a config names (curation or inference): ``face_backend``, and for DWPose its
+    ``dwpose_det_model`` and ``dwpose_pose_model``; ValueError names a missing one."""
+    if cfg.face_backend != "dwpose":
+        return build_face_analyser(cfg.face_backend)
+    missing = [k for k in ("dwpose_det_model", "dwpose_pose_model") if not getattr(cfg, k, None)]
+    if missing:
+        raise ValueError(f"face_backend=dwpose needs {' and '.join(missing)} (paths to DWPose's ONNX models)")
+    return build_face_analyser("dwpose", det_model=cfg.dwpose_det_model, pose_model=cfg.dwpose_pose_model)

@@ -115,6 +115,12 @@ def list_shards(folder: str) -> list[str]:
     return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".tar") and not n.startswith("."))
 
 
+def data_dir_shards(folder: str) -> list[str]:
+    """The shards of a training data folder: ``folder/shards/*.tar`` (a ``curate.py`` output folder), else
+    ``folder/*.tar``."""
+    return list_shards(os.path.join(folder, "shards")) or list_shards(folder)
+
+
 def index_shard(path: str) -> list[SampleRef]:
     """The samples of a shard in member order, from the tar headers only (no member is read)."""
     samples: dict[str, dict] = {}

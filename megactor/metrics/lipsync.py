@@ -1,39 +1,68 @@
-"""Lip-sync score of a talking-head clip: does the mouth move with the voice?
+"""Lip-sync of a talking-head clip without weights: canonical correlation of the mouth's look and the audio.
 
-``lip_sync`` correlates the per-frame mouth opening with the audio's loudness
-envelope over a range of lags and returns the best correlation and its lag.
-It needs no weights, so the curation pipeline can run it anywhere.
+``lip_sync`` takes a per-frame lip signal of several components and the loudness
+of the audio in five bands, and at each lag finds the linear combination of each
+side that correlates best (the first canonical correlation, as FaceSync, Slaney
+and Covell 2000, does between face pixels and audio). The lip signal the curation
+uses is the mouth's appearance: the first three principal components, over the
+clip, of a grayscale patch cut upright around the lips (``mouth_components``; the
+patch from ``data.control.mouth_patch``): the dark opening, the rounding, the
+teeth. The result is the lag whose correlation is highest, and a confidence: how
+far that peak stands above the rest of the curve, ``(peak - mean) / std`` over
+the lags searched. An unrelated voice gives a curve without a standing peak; a
+shifted one moves the peak.
 
-Lag sign: ``lag > 0`` means the audio is late. The mouth opening of frame ``t``
-matches the envelope of frame ``t + lag``; delaying a clip's audio by ``d``
-frames adds ``d`` to its lag.
+Lag sign: ``lag > 0`` means the audio is late. The lips of frame ``t`` match the
+audio of frame ``t + lag``; delaying a clip's audio by ``d`` frames adds ``d`` to
+its lag. In natural speech the mouth moves before the sound it shapes (by
+100-300 ms at syllable onsets, Chandrasekaran et al. 2009), so an in-sync clip
+reads a lag of about 0 to +300 ms; the curation window is -100 ... +300 ms
+(``CurationConfig.min_sync_lag_ms``, ``max_sync_lag_ms``: milliseconds, so that it
+means the same at every frame rate; -100 allows for a frame or two of jitter).
 
-Signal processing, chosen on the real test clips (each with its audio shifted by
--8 ... +8 frames, the lag must follow the shift):
+Signal processing:
 
-- Envelope: RMS of the speech band (300-3000 Hz, 4th-order Butterworth, zero
-  phase) in windows of two frame periods, read at each frame's centre time.
-  Band-limiting keeps breath noise and low rumble out of the loudness.
-- Both signals are band-passed to syllable rates (1-6 Hz, 2nd order, zero
-  phase) and z-scored. This removes slow drifts (the speaker leaning towards
-  the camera, loudness changes) and frame-level landmark jitter. Raw z-scores,
-  first differences, log envelopes, the full audio band and other modulation
-  bands (0.5-8 Hz, 1-8 Hz, 1-5 Hz) each missed at least one +-8 frame shift.
-- The correlation at lag ``l`` is ``sum(m[t] * e[t + l]) / T`` over the frames
-  where both exist (the biased estimator): it stays a correlation coefficient
-  (|c| <= 1), has less variance than per-overlap normalisation, and prefers the
-  lag with the larger overlap when two peaks tie.
+- Audio: log power in 80-300, 300-800, 800-1500, 1500-3000 and 3000-6000 Hz
+  (4th-order Butterworth, zero phase) over two frame periods around each frame's
+  centre, floored 30 dB under the band's mean (digital silence, as in a padded
+  shift, must not become a cliff that outweighs the speech). The bands carry what
+  one envelope averages away: voicing in the low band, the fricatives that a
+  rounded or spread mouth shapes in the high ones.
+- Both sides are band-passed to syllable rates (1-6 Hz, 2nd order, zero phase)
+  and z-scored: slow drifts (leaning in, loudness) and jitter go.
+- Canonical correlation per lag over the overlapping frames, ridge-regularised
+  (0.3 on unit-variance inputs: a few seconds of syllable-rate signal hold only
+  some tens of independent samples, and plain CCA of 3 x 5 signals finds
+  correlation in noise), scaled by overlap / T so that a lag with little overlap
+  does not win by chance. Lags keep at least a second of overlap.
 
-In natural speech the mouth opens before the voice starts (by 100-300 ms, e.g.
-Chandrasekaran et al. 2009), so well-synchronised clips score a small positive
-lag with this measure; the real test clips read +4 to +6 frames at 30 fps.
+Checked against: the 13 in-sync real clips of ``../shared/testcases/driver`` and
+``wild/driver``, cut as ``pack`` cuts them (17 pieces of at most 8 s), each with
+its audio delayed and advanced by 5, 10 and 15 frames (silence filling) and with
+the audio of three other clips (``bench/sync_eval.py``, which runs the audio
+filter's own functions). Shares below: in-sync kept / shifts of 10+ dropped /
+swapped dropped / shifted lags that moved by the shift (+-1 frame):
 
-The score is weak evidence on its own: over a few seconds, speech rhythm makes
-the correlation curve periodic (a syllable is 6-10 frames), and unrelated audio
-reaches 0.3-0.4 at its best lag. Searching lags also makes the best score
-(nearly) blind to a pure shift, which moves the lag instead. Use it with a lag
-limit, on clips of several seconds. A learned model (``SyncNetScorer``)
-gives a sharper measure where its weights are available.
+- The previous measure (the inner-lip gap against one 300-3000 Hz envelope, the
+  correlation at the best lag; kept if >= 0.2 at |lag| <= 8 frames of +-15): on
+  the pieces 0.65 / 0.65 / 0.53 / 0.62; in-sync lags from -13 to +13 frames
+  (the peak aliasing to the next syllable).
+- Landmark lip measures with CCA (whole clips, lags +-25): inner gap, outer
+  height, width and inner area x 5 bands 0.85 / 0.83 / 0.74; inner gap and width
+  x 5 bands 0.85-0.92 / 0.87 / 0.69-0.72 (ridge 0.1-0.3); x 3 bands 0.85 / 0.85 /
+  0.77; x 1 envelope 0.69-0.77 / 0.8 / 0.62-0.77. Derivatives (onsets) of both
+  sides: sharper peaks, more aliasing (kept 0.77 at best). Modulation bands
+  0.5-8 and 1-8 Hz: lower. Confidence as peak minus median (SyncNet's form) or
+  the raw peak: a few points lower than the z-score; a permutation null (the peak
+  against the audio circularly shifted by more than a second): swapped dropped
+  0.85 but in-sync kept 0.69. On the 8 s pieces, landmark measures read
+  0.88 / 0.79 / 0.69 / 0.67, and two in-sync clips at -400 and -500 ms.
+- Mouth appearance (this measure), on the pieces: 1, 2, 3, 4, 6, 8 components
+  kept 0.65, 0.82, 0.82, 0.94, 0.76, 0.82 of the in-sync pieces before the
+  silence floor; every in-sync lag fell within -100 ... +133 ms with 3 or 4.
+  With the floor, 3 components: 0.88 / 0.88 / 0.82 / 0.75 (the last also what
+  ``python bench/sync_eval.py`` prints). The misses are mostly the 2 s tails of
+  longer clips (a 2 s clip holds six or seven syllables).
 """
 from __future__ import annotations
 
@@ -43,76 +72,113 @@ import numpy as np
 import scipy.ndimage
 import scipy.signal
 
-SPEECH_BAND_HZ = (300.0, 3000.0)
+AUDIO_BANDS_HZ = ((80.0, 300.0), (300.0, 800.0), (800.0, 1500.0), (1500.0, 3000.0), (3000.0, 6000.0))
 SYLLABLE_BAND_HZ = (1.0, 6.0)
+CCA_RIDGE = 0.3
+LOUDNESS_FLOOR = 1e-3  # band power is floored 30 dB under its clip mean: silence is quiet, not -inf
+MOUTH_COMPONENTS = 3
 
 
 @dataclass(frozen=True)
 class SyncResult:
-    score: float  # higher is better: here the correlation at the best lag; SyncNet: its confidence
+    score: float  # higher is better: the confidence of the best lag (here a z-score; SyncNet: its confidence)
     lag: int  # video frames; > 0: the audio is late
-    correlations: np.ndarray  # (2 * max_lag + 1,) the match at lags -max_lag ... max_lag (higher is better)
+    correlations: np.ndarray  # (2 * L + 1,) the match at the lags searched, -L ... L (higher is better)
 
 
-def speech_envelope(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:
-    """(S,) mono audio -> (num_frames,) RMS of the speech band around each video frame's centre."""
-    audio = np.asarray(audio, np.float64)
-    low, high = SPEECH_BAND_HZ
-    high = min(high, 0.45 * sample_rate)
-    sos = scipy.signal.butter(4, [low, high], btype="band", fs=sample_rate, output="sos")
-    if audio.size <= 3 * (2 * len(sos) + 1):  # too short to filter (sosfiltfilt's padding): no voice
-        return np.zeros(num_frames)
-    voiced = scipy.signal.sosfiltfilt(sos, audio)
-    window = max(1, int(round(2 * sample_rate / fps)))
-    power = scipy.ndimage.uniform_filter1d(np.square(voiced), window, mode="constant")  # (S,) centred moving mean
-    centres = np.round((np.arange(num_frames) + 0.5) / fps * sample_rate).astype(np.int64)  # each frame's centre
-    return np.sqrt(np.maximum(power[np.clip(centres, 0, len(power) - 1)], 0.0))
-
-
-def syllable_rate(signal: np.ndarray, fps: float) -> np.ndarray:
-    """(T,) per-frame signal -> (T,) band-passed to syllable rates and z-scored (zeros if constant)."""
-    low, high = SYLLABLE_BAND_HZ
-    high = min(high, 0.45 * fps)
-    sos = scipy.signal.butter(2, [low, high], btype="band", fs=fps, output="sos")
-    x = scipy.signal.sosfiltfilt(sos, np.asarray(signal, np.float64))
-    x = x - x.mean()
-    std = x.std()
-    return x / std if std > 1e-12 else np.zeros_like(x)
-
-
-def lagged_correlation(mouth: np.ndarray, envelope: np.ndarray, max_lag: int) -> np.ndarray:
-    """z-scored (T,), (T,) -> (2 * max_lag + 1,) biased correlations for lags -max_lag ... max_lag."""
-    T = len(mouth)
-    out = np.empty(2 * max_lag + 1)
-    for i, lag in enumerate(range(-max_lag, max_lag + 1)):
-        m = mouth[max(0, -lag):T - max(0, lag)]
-        e = envelope[max(0, lag):T - max(0, -lag)]
-        out[i] = float(m @ e) / T
+def mouth_components(patches: list, k: int = MOUTH_COMPONENTS) -> np.ndarray:
+    """Per-frame (h, w) mouth patches (None where no face) -> (T, k) their first ``k`` principal components
+    over the clip (NaN where no face): how the mouth's look (opening, rounding, teeth) changes."""
+    known = [p for p in patches if p is not None]
+    out = np.full((len(patches), k), np.nan)
+    if len(known) < 2:
+        return out
+    x = np.stack([np.asarray(p, np.float64).reshape(-1) for p in known])  # (F, h * w)
+    x -= x.mean(0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    n = min(k, len(s))
+    rows = [i for i, p in enumerate(patches) if p is not None]
+    out[rows] = 0.0
+    out[rows, :n] = u[:, :n] * s[:n]
     return out
 
 
-def min_frames(fps: float, max_lag: int) -> int:
-    """The shortest clip ``lip_sync`` scores: one second, and twice the lag range."""
-    return max(int(np.ceil(fps)), 2 * max_lag + 1)
+def band_loudness(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:
+    """(S,) mono audio -> (num_frames, len(AUDIO_BANDS_HZ)) log RMS of each band around each frame's centre."""
+    audio = np.asarray(audio, np.float64)
+    window = max(1, int(round(2 * sample_rate / fps)))
+    centres = np.round((np.arange(num_frames) + 0.5) / fps * sample_rate).astype(np.int64)  # each frame's centre
+    out = np.zeros((num_frames, len(AUDIO_BANDS_HZ)))
+    for i, (low, high) in enumerate(AUDIO_BANDS_HZ):
+        high = min(high, 0.45 * sample_rate)
+        if low >= high:
+            continue  # a band above the Nyquist rate: constant, so z-scoring zeroes it
+        sos = scipy.signal.butter(4, [low, high], btype="band", fs=sample_rate, output="sos")
+        if audio.size <= 3 * (2 * len(sos) + 1):  # too short to filter (sosfiltfilt's padding): no voice
+            break
+        band = scipy.signal.sosfiltfilt(sos, audio)
+        power = scipy.ndimage.uniform_filter1d(np.square(band), window, mode="constant")  # (S,) centred mean
+        power = np.maximum(power[np.clip(centres, 0, len(power) - 1)], 0.0)  # (num_frames,)
+        out[:, i] = 0.5 * np.log(power + LOUDNESS_FLOOR * power.mean() + 1e-12)
+    return out
 
 
-def lip_sync(mouth_opening: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
-             max_lag: int = 15) -> SyncResult:
-    """Score how well ``mouth_opening`` (T,) follows ``audio`` (S,) mono at ``sample_rate``.
+def syllable_rate(signal: np.ndarray, fps: float) -> np.ndarray:
+    """(T, K) per-frame signals -> (T, K) band-passed to syllable rates and z-scored (zeros where constant)."""
+    low, high = SYLLABLE_BAND_HZ
+    high = min(high, 0.45 * fps)
+    sos = scipy.signal.butter(2, [low, high], btype="band", fs=fps, output="sos")
+    x = scipy.signal.sosfiltfilt(sos, np.asarray(signal, np.float64), axis=0)
+    x = x - x.mean(0)
+    std = x.std(0)
+    return x / np.where(std > 1e-12, std, np.inf)
 
-    Frames without a measured mouth may be NaN; they are filled by linear
+
+def canonical_correlation(a: np.ndarray, b: np.ndarray, ridge: float = CCA_RIDGE) -> float:
+    """(N, Ka), (N, Kb) -> the first canonical correlation, with ``ridge`` added to each covariance."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    n = len(a)
+    whiten_a = np.linalg.inv(np.linalg.cholesky(a.T @ a / n + ridge * np.eye(a.shape[1])))
+    whiten_b = np.linalg.inv(np.linalg.cholesky(b.T @ b / n + ridge * np.eye(b.shape[1])))
+    return float(np.linalg.svd(whiten_a @ (a.T @ b / n) @ whiten_b.T, compute_uv=False)[0])
+
+
+def lagged_correlation(lips: np.ndarray, audio: np.ndarray, max_lag: int) -> np.ndarray:
+    """(T, Ka), (T, Kb) -> (2 * max_lag + 1,) canonical correlations at lags -max_lag ... max_lag,
+    each scaled by its overlap / T."""
+    T = len(lips)
+    out = np.empty(2 * max_lag + 1)
+    for i, lag in enumerate(range(-max_lag, max_lag + 1)):
+        overlap = slice(max(0, -lag), T - max(0, lag)), slice(max(0, lag), T - max(0, -lag))
+        out[i] = canonical_correlation(lips[overlap[0]], audio[overlap[1]]) * (T - abs(lag)) / T
+    return out
+
+
+def min_frames(fps: float) -> int:
+    """The shortest clip ``lip_sync`` scores: a second and two frames, so that lags of +-1 keep a second."""
+    return int(np.ceil(fps)) + 2
+
+
+def lip_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_lag: int = 25) -> SyncResult:
+    """Score how well the lip signal ``lips`` (T,) or (T, K) follows ``audio`` (S,) mono at ``sample_rate``.
+
+    Lags -max_lag ... max_lag are searched, fewer on a clip too short for them: every lag keeps an
+    overlap of at least a second. Frames without measured lips may be NaN; they are filled by linear
     interpolation. Raises ValueError for clips shorter than ``min_frames``.
     """
-    mouth = np.asarray(mouth_opening, np.float64)
-    T = len(mouth)
-    if T < min_frames(fps, max_lag):
-        raise ValueError(f"lip_sync needs at least {min_frames(fps, max_lag)} frames at {fps} fps, got {T}")
-    known = np.isfinite(mouth)
+    lips = np.asarray(lips, np.float64)
+    lips = lips[:, None] if lips.ndim == 1 else lips  # (T, K)
+    T = len(lips)
+    if T < min_frames(fps):
+        raise ValueError(f"lip_sync needs at least {min_frames(fps)} frames at {fps} fps, got {T}")
+    max_lag = min(max_lag, (T - int(np.ceil(fps))) // 2)
+    known = np.isfinite(lips).all(1)
     if not known.any():
-        raise ValueError("lip_sync: no frame has a mouth opening")
-    mouth = np.interp(np.arange(T), np.flatnonzero(known), mouth[known])
-    m = syllable_rate(mouth, fps)
-    e = syllable_rate(speech_envelope(audio, sample_rate, fps, T), fps)
-    corr = lagged_correlation(m, e, max_lag)
+        raise ValueError("lip_sync: no frame has lip measures")
+    lips = np.stack([np.interp(np.arange(T), np.flatnonzero(known), k[known]) for k in lips.T], 1)
+    corr = lagged_correlation(syllable_rate(lips, fps), syllable_rate(band_loudness(audio, sample_rate, fps, T), fps),
+                              max_lag)
     best = int(np.argmax(corr))
-    return SyncResult(score=float(corr[best]), lag=best - max_lag, correlations=corr)
+    spread = corr.std()
+    score = float((corr[best] - corr.mean()) / spread) if spread > 1e-12 else 0.0
+    return SyncResult(score=score, lag=best - max_lag, correlations=corr)

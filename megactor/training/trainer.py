@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..data.dataset import ClipDataset, collate_clips
+from ..data.shards import data_dir_shards
 from ..diffusion.schedulers import schedule_mismatch, training_scheduler, training_target
 from ..fileio import load_named, remove_stale_temporaries
 from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit, save_pretrained
@@ -47,8 +48,8 @@ def check_paths(cfg: TrainConfig, where: str) -> None:
     for d in cfg.train_data.data_dirs:
         if not os.path.isdir(d):
             raise ConfigError(f"{where}: train_data.data_dirs entry {d!r} is not a folder")
-        if not any(f.endswith(".tar") for f in os.listdir(d)):
-            raise ConfigError(f"{where}: train_data.data_dirs entry {d!r} holds no .tar shards")
+        if not data_dir_shards(d):
+            raise ConfigError(f"{where}: train_data.data_dirs entry {d!r} holds no .tar shards (nor does {d}/shards)")
     if cfg.init_checkpoint and not os.path.isfile(os.path.join(cfg.init_checkpoint, WEIGHTS_NAME)):
         raise ConfigError(f"{where}: init_checkpoint {cfg.init_checkpoint!r} is not a SigmaDiT folder "
                           f"(no {WEIGHTS_NAME}); run the previous stage first")

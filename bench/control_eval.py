@@ -173,6 +173,7 @@ def evaluate(animator: Animator, clips: list[HeldOutClip], num_pairs: int, limit
         if grid_dir:
             write_grids(grid_dir, p, mixed, audio, pm, truth(clips[k], "mouth_opening", n),
                         truth(clips[j], "mouth_opening", n))
+        print(f"pair {p + 1}/{num_pairs}: source {i}, video {j}, audio {k}", flush=True)
         if p < sweep_pairs:
             for name, (mode, levels) in KNOBS.items():
                 for li, level in enumerate(levels):
@@ -181,17 +182,19 @@ def evaluate(animator: Animator, clips: list[HeldOutClip], num_pairs: int, limit
                     sweeps[name][li] += np.nanstd(pm.mouth(out.frames, mode == "visual")) / min(sweep_pairs, num_pairs)
     result = {key: face_motion.pooled_correlation(pairs) for key, pairs in series.items()}
     result["identity_kept"] = float(np.concatenate(kept).mean())
-    result["amplitude_rho"] = {name: face_motion.spearman(KNOBS[name][1], motion) for name, motion in sweeps.items()}
+    swept = min(sweep_pairs, num_pairs) > 0  # else the knobs were not measured: None
+    result["amplitude_rho"] = {name: face_motion.spearman(KNOBS[name][1], motion) if swept else None
+                               for name, motion in sweeps.items()}
     result["amplitude_motion"] = {name: [round(float(v), 3) for v in motion] for name, motion in sweeps.items()}
     result["pairs"] = num_pairs
     return result
 
 
-def write_grids(folder: str, p: int, mixed, audio, pm: PairMeasure, audio_truth: np.ndarray,
-                video_truth: np.ndarray) -> None:
+def write_grids(folder: str, p: int, mixed, audio, pm: PairMeasure, mixed_audio_truth: np.ndarray,
+                driver_truth: np.ndarray) -> None:
     """pair{p}_mixed.png: source | video driver | control | result at 8 frames, each with the audio clip's mouth
-    truth under it (a bar per frame, the shown frame's in red); pair{p}_audio_trace.png: the mouth opening
-    measured in audio mode against the truth, over time."""
+    truth (clip k's) under it, a bar per frame, the shown frame's in red; pair{p}_audio_trace.png: the mouth
+    opening measured in audio-only mode (driven by clip j's audio) against j's truth, over time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -199,20 +202,20 @@ def write_grids(folder: str, p: int, mixed, audio, pm: PairMeasure, audio_truth:
     grid = mixed.grid()  # (T, S, 4S, 3)
     width, bars = grid.shape[2], 24
     picks = np.linspace(0, len(grid) - 1, 8).round().astype(int)
-    scale = bars / max(audio_truth.max(), 1e-6)
+    scale = bars / max(mixed_audio_truth.max(), 1e-6)
     rows = []
     for t in picks:
         under = np.full((bars, width, 3), 255, np.uint8)
-        xs = np.linspace(0, width, len(audio_truth) + 1).astype(int)
+        xs = np.linspace(0, width, len(mixed_audio_truth) + 1).astype(int)
         for f, (x0, x1) in enumerate(zip(xs[:-1], xs[1:])):
             colour = (220, 30, 30) if f == t else (90, 90, 90)
-            cv2.rectangle(under, (x0, bars - 1), (max(x1 - 1, x0), bars - 1 - int(audio_truth[f] * scale)), colour, -1)
+            cv2.rectangle(under, (x0, bars - 1), (max(x1 - 1, x0), bars - 1 - int(mixed_audio_truth[f] * scale)), colour, -1)
         rows += [grid[t], under]
     with atomic_path(os.path.join(folder, f"pair{p}_mixed.png")) as tmp:
         cv2.imwrite(tmp, cv2.cvtColor(np.concatenate(rows), cv2.COLOR_RGB2BGR))
     measured = pm.mouth(audio.frames, False)
     fig, ax = plt.subplots(figsize=(7, 2.5))
-    ax.plot(_unit(video_truth), label="truth (audio's clip)", color="0.3")
+    ax.plot(_unit(driver_truth), label="truth", color="0.3")
     ax.plot(_unit(measured), label="output, measured", color="tab:red")
     ax.set(xlabel="frame", ylabel="mouth opening (z-score)", title=f"pair {p}, audio only")
     ax.legend(loc="upper right", fontsize=8)
@@ -234,7 +237,8 @@ def main():
     ap.add_argument("--limit", type=float, default=None, help="seconds of each driver (default: all)")
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0, help="noise seed of pair 0 (pair p: seed + p)")
-    ap.add_argument("--sweep-pairs", type=int, default=2, help="pairs each knob's sweep runs on")
+    ap.add_argument("--sweep-pairs", type=int, default=2, help="pairs each knob's sweep runs on (0: no sweeps, "
+                    "amplitude_rho null)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None, help="also write each pair's mixed grid and audio mouth trace here")
     ap.add_argument("overrides", nargs="*")
@@ -262,7 +266,8 @@ def print_table(r: dict) -> None:
     for key in CORRELATIONS + ("identity_kept", "self_visual_mouth", "ceiling_visual_mouth"):
         print(f"| `{key}` | {r[key]:.2f} |")
     for name, rho in r["amplitude_rho"].items():
-        print(f"| `amplitude_rho.{name}` | {rho:.2f} (motion {r['amplitude_motion'][name]}) |")
+        shown = "not measured (--sweep-pairs 0)" if rho is None else f"{rho:.2f} (motion {r['amplitude_motion'][name]})"
+        print(f"| `amplitude_rho.{name}` | {shown} |")
 
 
 if __name__ == "__main__":

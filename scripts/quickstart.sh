@@ -27,4 +27,4 @@ for stage in 1 2 3; do
     python train.py --config "configs/train/tiny/train_stage$stage.yaml" "${extra[@]}" "$@"
 done
 echo "done: runs/tiny/stage3/model. Measure it: python bench/control_eval.py --config configs/inference/tiny/inference.yaml --clips data/synthetic/heldout --json control.json"
-echo "A real portrait needs the xl preset with pretrained weights; this tiny model animates synthetic heads: try eval_audio.py on a held-out one (a clip of data/synthetic/heldout drives the first frame of another)."
+echo "A real portrait needs the xl preset with pretrained weights: this tiny model animates synthetic heads, so try eval_audio.py on a held-out one (data/synthetic/heldout)."

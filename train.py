@@ -27,6 +27,8 @@ def main(argv=None) -> int:
         return 2
     if trainer.accelerator.is_main_process:
         print(f"stage {cfg.stage} done: model saved to {folder}")
+        if trainer.cut_short:
+            print("!" * 70 + f"\n{trainer.cut_short}\n" + "!" * 70)
     return 0
 
 

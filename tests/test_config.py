@@ -1,4 +1,6 @@
 """Config loading: presets, overrides, and errors that name the key and its source."""
+from pathlib import Path
+
 import pytest
 
 from megactor.config import ConfigError, InferenceConfig, TrainConfig, load_config
@@ -124,3 +126,16 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
     path = write(tmp_path, "scheduler: euler\n")
     with pytest.raises(ConfigError, match=rf"^{path}: scheduler='euler'"):
         load_config(InferenceConfig, path, ["seed=3"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "megactor-sigma"])
+def test_every_stage_trains_the_undriven_branch_that_guidance_leans_on(preset):
+    root = Path(__file__).resolve().parents[1] / "configs"
+    guidance = load_config(InferenceConfig, str(root / "inference" / preset / "inference.yaml"), []).guidance
+    if guidance.guidance_scale == 1.0 and guidance.audio_scale in (None, 1.0) and guidance.visual_scale in (None, 1.0):
+        pytest.skip("no guidance")
+    for stage in (1, 2, 3):
+        cfg = load_config(TrainConfig, str(root / "train" / preset / f"train_stage{stage}.yaml"), [])
+        assert cfg.train_data.uncond_ratio > 0, (preset, stage)
+        if stage == 2:  # mixed samples where the backbone and the audio branch train
+            assert cfg.train_data.use_both_ratio > 0, preset

@@ -77,6 +77,17 @@ def test_guidance_formula_and_branch_batching():
         guidance_branches(False, False, 1.0, 1.0)
 
 
+def test_a_guidance_scale_of_zero_drops_its_branch():
+    eps0, eps_a, eps_av = torch.randn(3, 2, 4)
+    audio_off = guidance_branches(True, False, 0.0, 2.0)  # audio only, s_a = 0: the undriven prediction
+    assert [(b.audio, b.visual) for b in audio_off] == [(False, False)]
+    assert torch.equal(combine(eps0, audio_off), eps0)
+    visual_off = guidance_branches(True, True, 2.0, 0.0)  # mixed, s_v = 0: audio guidance alone
+    assert all(not b.visual for b in visual_off)
+    assert torch.allclose(combine(torch.cat([eps0, eps_a]), visual_off), eps0 + 2.0 * (eps_a - eps0), atol=1e-6)
+    assert [(b.audio, b.visual) for b in guidance_branches(False, True, 1.0, 0.0)] == [(False, False)]
+
+
 @pytest.mark.parametrize("audio,visual", [(True, True), (True, False), (False, True)])
 def test_scales_of_one_give_the_fully_conditioned_prediction(audio, visual):
     branches = guidance_branches(audio, visual, 1.0, 1.0)

@@ -117,6 +117,21 @@ def test_amplitudes_scale_the_branches(loaded):
     assert not torch.allclose(full[1], off[1], atol=1e-3)
 
 
+@pytest.mark.parametrize("knob", ["audio_amplitude", "visual_amplitude"])
+def test_an_amplitude_at_zero_switches_off_its_branch_alone(loaded, knob):
+    latents, t, control, audio, reference = inputs(loaded.config)
+    for blk in loaded.blocks:
+        _perturb(blk.audio_attn.proj)
+    loaded.patch_embed.proj.weight.data[:, C:].normal_(std=0.5)
+    with torch.no_grad():
+        off = loaded(latents, t, control=control, audio=audio, **{knob: 0.0})
+        without = loaded(latents, t, control=None if knob == "visual_amplitude" else control,
+                         audio=None if knob == "audio_amplitude" else audio)
+        full = loaded(latents, t, control=control, audio=audio)
+    assert torch.allclose(off, without, atol=1e-6)
+    assert not torch.allclose(off, full, atol=1e-3)
+
+
 def test_reference_changes_the_output_and_cached_kv_match_recomputation(loaded):
     latents, t, control, audio, reference = inputs(loaded.config)
     with torch.no_grad():

@@ -292,3 +292,25 @@ def test_resume_latest_skips_a_corrupt_checkpoint_and_a_named_one_fails_in_one_l
                           capture_output=True, text=True)
     assert code.returncode == 2 and "Traceback" not in code.stderr
     assert f"{weights}: not a readable checkpoint file" in code.stderr.strip().splitlines()[-1]
+
+
+def test_cached_audio_features_equal_a_fresh_encoding(shards, tmp_path):
+    trainer = Trainer(config(2, shards, tmp_path, "train_batch_size=2"))
+    samples = iter(ClipDataset(trainer.cfg.train_data, seed=0, batch_size=2))
+    batch = collate_clips([next(samples), next(samples)])
+    first = trainer.prepare_inputs(batch)["audio"]
+    assert len(trainer.audio_cache) == 2
+    trainer.audio_encoder = lambda waves: pytest.fail("re-encoded a cached clip")  # a second pass comes from the cache ...
+    assert torch.equal(trainer.prepare_inputs(batch)["audio"], first)
+    fresh = Trainer(config(2, shards, tmp_path / "fresh", "train_batch_size=2", "train_data.audio_cache_mb=0"))
+    assert torch.equal(fresh.prepare_inputs(batch)["audio"], first)  # ... and equal an uncached encoding
+    assert not fresh.audio_cache
+
+
+def test_a_stage_cut_by_its_time_cap_says_so_loudly(shards, tmp_path, caplog):
+    trainer = Trainer(config(1, shards, tmp_path, "max_train_steps=1000", "max_train_minutes=0.0",
+                             "checkpointing_steps=1000"))
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer.step < 1000 and "CUT SHORT" in trainer.cut_short
+    assert "STAGE 1 CUT SHORT" in caplog.text

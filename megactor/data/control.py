@@ -177,6 +177,40 @@ def control_frames(driver_frames: np.ndarray, driver_landmarks: np.ndarray, sour
     return np.where(mask, gray, 0).astype(np.uint8), aligned
 
 
+def measure_boxes(source_landmarks: np.ndarray, eye_grow: float = 0.15, mouth_up: float = 0.1,
+                  mouth_down: float = 0.3) -> np.ndarray:
+    """(N, k) source landmarks -> (3, 4) boxes x0, y0, x1, y1 to read face motion in: the left and right eye
+    contour boxes grown by ``eye_grow`` times their width above and below (room for the open lids), and the
+    outer-lip box grown by ``mouth_up`` and ``mouth_down`` times its width (a mouth opens downwards, with the jaw)."""
+    eyes = eye_boxes(source_landmarks).astype(np.float64)  # (2, 4)
+    eyes += eye_grow * (eyes[:, 2:3] - eyes[:, 0:1]) * np.array([0, -1, 0, 1])
+    x0, y0, x1, y1 = mouth_box(source_landmarks).astype(np.float64)
+    mouth = np.array([x0, y0 - mouth_up * (x1 - x0), x1, y1 + mouth_down * (x1 - x0)])
+    return np.concatenate([eyes, mouth[None]])
+
+
+def placed_boxes(boxes: np.ndarray, source_landmarks: np.ndarray, aligned: np.ndarray | None,
+                 num_frames: int) -> np.ndarray:
+    """(P, 4) boxes in the source crop -> (T, P, 4): where the conditioning puts them in each output frame.
+
+    ``aligned`` (T, N, 2): the driver's landmarks aligned as the control aligns them (``control_frames``);
+    each frame's boxes go through the similarity that takes the source's alignment points onto that
+    frame's (NaN where the driver has no face). None (no visual driving): nothing moves the head, so the
+    boxes stay where the source has them.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    if aligned is None:
+        return np.broadcast_to(boxes, (num_frames, *boxes.shape)).copy()
+    align = landmark_layout(source_landmarks).align
+    corners = boxes.reshape(-1, 2)  # (2P, 2)
+    out = np.full((len(aligned), *boxes.shape), np.nan)
+    for t, points in enumerate(np.asarray(aligned)):
+        if np.isfinite(points[align]).all():
+            m = similarity_transform(source_landmarks[align, :2], points[align])
+            out[t] = (corners @ m[:, :2].T + m[:, 2]).reshape(boxes.shape)
+    return out
+
+
 def patch_mask(landmarks: np.ndarray, out_size: int, mode: str = "eyes+mouth", patch_margin: float = 0.25) -> np.ndarray:
     """(T, N, k) landmarks in out_size x out_size pixels -> (T, S, S) bool: the pixels whose area meets a control
     patch (``control_patches``); none for frames whose landmarks are NaN."""

@@ -9,12 +9,15 @@ EMA. Checkpoints hold what an exact resume needs (checkpoint.py).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import time
-from typing import Dict, List
+from collections import OrderedDict
+from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -86,6 +89,8 @@ class Trainer:
                                           num_training_steps=cfg.max_train_steps)
         self.ema = EMAModel(params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
         self.step = self.batches_seen = self.nan_streak = self.nan_total = 0
+        self.cut_short: Optional[str] = None  # why the stage stopped before max_train_steps, if it did
+        self.audio_cache: "OrderedDict[bytes, torch.Tensor]" = OrderedDict()  # clip samples' digest -> features
 
         if self.accelerator.distributed_type == DistributedType.FSDP:
             raise ConfigError(f"{where}: FSDP is not supported by this trainer (its EMA, checkpoints and validation "
@@ -165,12 +170,28 @@ class Trainer:
         if self.audio_encoder is not None:
             lengths = batch["audio_lengths"].tolist()
             waves = [a[:n].numpy() for a, n in zip(batch["audio"], lengths)]
-            features = self.audio_encoder(waves).float()  # (B, n, L+1, d)
+            features = self.audio_features(waves)  # (B, n, L+1, d)
             valid = torch.tensor([num_features(n) for n in lengths], device=dev)
             idx = window_indices(batch["frame_indices"].to(dev), batch["fps"].to(dev), valid,
                                  self.cfg.model.audio_window)
             inputs["audio"] = gather_windows(features, idx)  # (B, F, W, L+1, d)
         return inputs
+
+    def audio_features(self, waves: List[np.ndarray]) -> torch.Tensor:
+        """B waveforms -> (B, n, L+1, d) Whisper features, zero past each clip's own n. Each clip's features are
+        kept (up to train_data.audio_cache_mb), keyed by its samples: the encoder is frozen, so they never change,
+        and encoding pads every clip to Whisper's 30 s, which costs more than a tiny model's training step."""
+        keys = [hashlib.sha1(w.tobytes()).digest() for w in waves]
+        missing = {k: w for k, w in zip(keys, waves) if k not in self.audio_cache}
+        if missing:
+            encoded = self.audio_encoder(list(missing.values())).float()
+            for (key, wave), feats in zip(missing.items(), encoded):
+                self.audio_cache[key] = feats[:num_features(len(wave))].clone()
+        features = torch.nn.utils.rnn.pad_sequence([self.audio_cache[k] for k in keys], batch_first=True)
+        budget = self.cfg.train_data.audio_cache_mb * 2**20
+        while self.audio_cache and sum(f.nbytes for f in self.audio_cache.values()) > budget:
+            self.audio_cache.popitem(last=False)  # the oldest first
+        return features
 
     def loss_weight(self, face_parts: torch.Tensor, latent_hw) -> torch.Tensor:
         """(B, F, S, S) eye and mouth masks -> (B, 1, F, h, w) per-latent loss weights, 1 + w * (share of the latent
@@ -343,10 +364,12 @@ class Trainer:
             if cfg.validation.source_image and (self.step % cfg.validation_steps == 0):
                 self.validate()
         bar.close()
-        if self.step < cfg.max_train_steps and acc.is_main_process:
-            logger.warning("stopped at step %d of %d: max_train_minutes=%g reached (resume=latest goes on); a run cut "
-                           "by time depends on the machine's speed", self.step, cfg.max_train_steps,
-                           cfg.max_train_minutes)
+        if self.step < cfg.max_train_steps:
+            self.cut_short = (f"STAGE {cfg.stage} CUT SHORT by max_train_minutes={cfg.max_train_minutes}: "
+                              f"{self.step} of {cfg.max_train_steps} steps; the model is not the recipe's "
+                              "(resume=latest goes on)")
+            if acc.is_main_process:
+                logger.warning("!" * 70 + "\n%s\n" + "!" * 70, self.cut_short)
         exported = self.export(os.path.join(cfg.output_dir, "model"))
         acc.end_training()
         return exported

@@ -2,15 +2,19 @@
 # The training quickstart: from a fresh clone, with no downloads, synthetic talking heads ->
 # curated shards -> the tiny preset's three stages, on a CPU. Every stage runs a fixed number of steps, so the
 # model does not depend on how busy the machine is (each stage's max_train_minutes is a safety net that says
-# loudly when it cuts a stage). One thread per process: with another job on the cores, two threads ran
-# stage 1 about 4 times slower than one (docs/control.md).
+# loudly when it cuts a stage). Threads: one per idle core at the start, since with another job on the
+# cores two threads ran stage 1 about 4 times slower than one (docs/control.md).
 # It leaves runs/tiny/stage3/model, the checkpoint configs/inference/tiny/inference.yaml uses.
 #   bash scripts/quickstart.sh [--long] [key=value ...]      (overrides go to every stage)
 #   --long: the longer CPU recipe (about 8000 / 3000 / 300 steps, under an hour on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GLOG_minloglevel=2  # MediaPipe's C++ logging
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+if [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # one thread per idle core: torch's threads on busy cores run far slower
+    OMP_NUM_THREADS=$(python -c "import os; print(max(1, os.cpu_count() - round(os.getloadavg()[0])))")
+    export OMP_NUM_THREADS
+fi
+echo "quickstart: OMP_NUM_THREADS=$OMP_NUM_THREADS"
 long=()
 if [[ "${1:-}" == "--long" ]]; then
     shift

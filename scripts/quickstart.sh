@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export GLOG_minloglevel=2  # MediaPipe's C++ logging
 if [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # one thread per idle core: torch's threads on busy cores run far slower
-    OMP_NUM_THREADS=$(python -c "import os; print(max(1, os.cpu_count() - round(os.getloadavg()[0])))")
+    OMP_NUM_THREADS=$(python scripts/idle_cores.py)
     export OMP_NUM_THREADS
 fi
 echo "quickstart: OMP_NUM_THREADS=$OMP_NUM_THREADS"

@@ -1,7 +1,7 @@
 """Mixed-modal control across identities: does each modality drive the portrait, alone, mixed and scaled?
 
     python bench/control_eval.py --config configs/inference/tiny/inference.yaml --clips data/synthetic/heldout \\
-        [--pairs 8 --limit S --steps 15 --json control.json --grid DIR]
+        [--pairs 8 --limit S --num-steps 15 --json control.json --grid DIR]
 
 On held-out synthetic clips (``megactor.data.synthetic``, each with its per-frame truth), pair p takes
 the first frame of clip i as the source and clip j != i as the driver; unpaired mixed driving takes the
@@ -235,7 +235,7 @@ def main():
     ap.add_argument("--clips", required=True, help="a folder of synthetic clip_*.mp4 with their .json truth")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--limit", type=float, default=None, help="seconds of each driver (default: all)")
-    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--num-steps", type=int, default=15, help="denoising steps (num_inference_steps)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed of pair 0 (pair p: seed + p)")
     ap.add_argument("--sweep-pairs", type=int, default=2, help="pairs each knob's sweep runs on (0: no sweeps, "
                     "amplitude_rho null)")
@@ -245,14 +245,14 @@ def main():
     args = ap.parse_args()
     if args.pairs < 1:
         ap.error(f"--pairs must be >= 1, got {args.pairs}")
-    cfg = load_config(InferenceConfig, args.config, [f"num_inference_steps={args.steps}", *args.overrides])
+    cfg = load_config(InferenceConfig, args.config, [f"num_inference_steps={args.num_steps}", *args.overrides])
     clips = load_clips(args.clips)
     animator = Animator.from_config(cfg)
     if args.grid:
         os.makedirs(args.grid, exist_ok=True)
     start = time.perf_counter()
     result = evaluate(animator, clips, args.pairs, args.limit, args.seed, args.sweep_pairs, args.grid)
-    result.update(steps=args.steps, seconds=round(time.perf_counter() - start, 1), checkpoint=cfg.checkpoint)
+    result.update(steps=args.num_steps, seconds=round(time.perf_counter() - start, 1), checkpoint=cfg.checkpoint)
     print_table(result)
     if args.json:
         result.pop("amplitude_motion")

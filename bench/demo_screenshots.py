@@ -1,13 +1,13 @@
 """The demo driven in a real browser: start demo/run_gradio.py, drive it in headless Chromium, save screenshots.
 
     apt-get install -y chromium chromium-driver && pip install selenium      # or: pip install -e ".[browser]"
-    python bench/demo_screenshots.py --out outputs/screenshots [--steps 3 --seconds 1] [key=value ...]
+    python bench/demo_screenshots.py --out outputs/screenshots [--num-steps 3 --seconds 1] [key=value ...]
 
 Screenshots (full page, PNG): the start page, a run of each example (mixed, visual-only, audio-only: the examples
 the demo draws at start-up) and an error (Animate with nothing uploaded), taken again 15 s later to show that it
 stays. Prints a table: each shot, how long its run took and what the status and run lines said. The server runs
 the inference config's model (key=value overrides go to it; the default `checkpoint=` serves a random model);
-`--steps` and `--seconds` keep a CPU run short.
+`--num-steps` and `--seconds` keep a CPU run short.
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def animate(driver: webdriver.Chrome, timeout: float) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/screenshots", help="folder for the PNGs and the server's log")
-    ap.add_argument("--steps", type=int, default=3, help="denoising steps per run")
+    ap.add_argument("--num-steps", type=int, default=3, help="denoising steps per run (num_inference_steps)")
     ap.add_argument("--seconds", type=float, default=1.0, help="seconds of driver per run")
     ap.add_argument("--timeout", type=float, default=400, help="longest wait for one run, seconds")
     ap.add_argument("overrides", nargs="*", default=None, help="inference config key=value (default: checkpoint=)")
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     port = free_port()
-    server = start_server(port, os.path.join(out, "demo"), args.steps, args.seconds, args.overrides or ["checkpoint="])
+    server = start_server(port, os.path.join(out, "demo"), args.num_steps, args.seconds, args.overrides or ["checkpoint="])
     url, rows = f"http://127.0.0.1:{port}/", []
     driver = browser()
     try:

@@ -145,7 +145,7 @@ def test_control_eval_writes_exactly_the_issues_keys(clips_dir, faces, tmp_path,
     monkeypatch.setattr(control_eval.Animator, "from_config", classmethod(lambda cls, cfg: FakeAnimator("noise", faces)))
     out = tmp_path / "control.json"
     monkeypatch.setattr("sys.argv", ["control_eval.py", "--config", str(ROOT / "configs/inference/tiny/inference.yaml"),
-                                     "--clips", str(clips_dir), "--pairs", "3", "--limit", "1", "--steps", "2",
+                                     "--clips", str(clips_dir), "--pairs", "3", "--limit", "1", "--num-steps", "2",
                                      "--sweep-pairs", "1", "--json", str(out), "checkpoint=null"])
     control_eval.main()
     result = json.loads(out.read_text())

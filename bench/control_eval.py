@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from megactor.animate import Animator, cfg_guidance
+from megactor.animate import Animator, guidance_knobs
 from megactor.config import InferenceConfig, load_config
 from megactor.data.control import clip_alignment, measure_boxes, placed_boxes, transform_points, warp_frames
 from megactor.data.video_io import read_video
@@ -130,7 +130,7 @@ def knob(animator: Animator, name: str, level: float):
     """The animator's guidance with one knob set to ``level`` (both scales pinned to their current values)."""
     g = animator.cfg.guidance
     saved = {k: getattr(g, k) for k in ("audio_scale", "visual_scale", "audio_amplitude", "visual_amplitude")}
-    current = cfg_guidance(animator.cfg)
+    current = guidance_knobs(animator.cfg)
     g.audio_scale, g.visual_scale = current["audio_scale"], current["visual_scale"]
     setattr(g, name, level)
     try:

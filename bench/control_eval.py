@@ -245,7 +245,9 @@ def main():
     args = ap.parse_args()
     if args.pairs < 1:
         ap.error(f"--pairs must be >= 1, got {args.pairs}")
-    cfg = load_config(InferenceConfig, args.config, [f"num_inference_steps={args.num_steps}", *args.overrides])
+    # the measures read the model's crop; audio-only driving is the audio alone, without idle motion's eye control
+    fixed = [f"num_inference_steps={args.num_steps}", "paste_back=false", "idle_motion=false"]
+    cfg = load_config(InferenceConfig, args.config, [*fixed, *args.overrides])
     clips = load_clips(args.clips)
     animator = Animator.from_config(cfg)
     if args.grid:

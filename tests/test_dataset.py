@@ -216,3 +216,31 @@ def test_shards_without_face_data_say_which_step_adds_it(shard_dir):
     pack_shards = os.path.join(os.path.dirname(os.path.dirname(shard_dir)), "1_pack", "shards")
     with pytest.raises(ConfigError, match=r"hold no face data .*1_pack\.py.*2_face_filter\.py"):
         ClipDataset(config(pack_shards), seed=0)
+
+
+def test_a_forked_worker_can_use_opencv_after_the_parent_did():
+    """OpenCV's thread pool, used in the parent (paste-back, control frames), must not hang a forked worker."""
+    import os
+    import time
+
+    import cv2
+
+    import megactor.data.dataset  # noqa: F401  (registers the fork hook)
+
+    image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    for _ in range(3):
+        cv2.GaussianBlur(image, (31, 31), 5)  # parallel: the pool's threads now exist
+    pid = os.fork()
+    if pid == 0:
+        cv2.setNumThreads(1)
+        cv2.GaussianBlur(image, (31, 31), 5)
+        os._exit(0)
+    deadline = time.time() + 30
+    while time.time() < deadline and not os.waitpid(pid, os.WNOHANG)[0]:
+        time.sleep(0.05)
+    finished = time.time() < deadline
+    if not finished:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert finished, "the forked child hung in OpenCV"
+    assert cv2.getNumThreads() > 1 or os.cpu_count() == 1  # the parent got its threads back

@@ -93,6 +93,18 @@ CONTROL_MODE = {"visual": "eyes+mouth", "both": "eyes"}  # the others have a bla
 MAX_ATTEMPTS = 16
 
 
+def _fork_safe_opencv() -> None:
+    """OpenCV's pthreads pool does not survive fork(): a DataLoader worker that touches it (cv2.setNumThreads,
+    any parallel cv2 call) waits forever on threads that exist only in the parent. Shrink the pool to one
+    thread while each fork happens, and give the parent its threads back after."""
+    saved = []
+    os.register_at_fork(before=lambda: (saved.append(cv2.getNumThreads()), cv2.setNumThreads(1)),
+                        after_in_parent=lambda: cv2.setNumThreads(saved.pop()))
+
+
+_fork_safe_opencv()
+
+
 class CorruptSample(ValueError):
     """A sample that cannot be used; the message names it and why."""
 

@@ -1,4 +1,5 @@
 """Face analysis on the real test clips and portraits, and the landmark measures."""
+import os
 import sys
 import types
 from pathlib import Path

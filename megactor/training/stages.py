@@ -30,7 +30,7 @@ MODULE_GROUPS: Dict[str, str] = {
 }
 
 
-DEFAULT_TRAINABLE: Dict[int, List[str]] = {1: ["backbone", "reference_net", "control"], 2: ["audio", "backbone"],
+DEFAULT_TRAINABLE: Dict[int, List[str]] = {1: ["backbone", "reference_net", "patch_embed"], 2: ["audio", "backbone"],
                                            3: ["temporal"]}
 
 

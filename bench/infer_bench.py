@@ -101,34 +101,40 @@ def configure(base: InferenceConfig, variant: Variant) -> InferenceConfig:
     return cfg
 
 
+def random_call(model, shape, device, dtype, reference_kv) -> None:
+    """One model call on random latents of `shape` (n, C, F, h, w), with control, audio and reference on."""
+    n, f = shape[0], shape[2]
+    layers, dim = feature_shape(model.config.audio_encoder)
+    x = torch.randn(shape, device=device, dtype=dtype)
+    audio = torch.randn(n, f, window_size(model.config.audio_window), layers, dim, device=device, dtype=dtype)
+    model(x, torch.full((n,), 500, device=device), control=torch.randn_like(x), audio=audio,
+          reference_kv=reference_kv, audio_amplitude=torch.ones(n, device=device),
+          visual_amplitude=torch.ones(n, device=device))
+
+
+def random_reference(model, shape, device, dtype):
+    """Reference keys/values of a random reference latent matching latents of `shape`."""
+    return model.encode_reference(torch.randn(1, shape[1], *shape[3:], device=device, dtype=dtype))
+
+
 def compile_shapes(animator: Animator, cfg: InferenceConfig, num_frames: int, passes: List[int]) -> None:
     """Run the compiled blocks once at every input shape the timed run will meet: windows x guidance passes."""
     m, dev, dt = animator.model, animator.device, animator.dtype
     lengths = {len(w) for s in range(4) for w in context_windows(num_frames, cfg.context.context_frames,
                                                                  cfg.context.context_overlap, s, cfg.context.layout)}
     c, size = m.config.in_channels, m.config.sample_size  # the latents' channels and side
-    layers, dim = feature_shape(m.config.audio_encoder)
     with torch.no_grad():
-        kv = m.encode_reference(torch.randn(1, c, size, size, device=dev, dtype=dt))
-        ctx = m.encode_context()
+        kv = random_reference(m, (1, c, 1, size, size), dev, dt)
         for f in lengths:
             for n in passes:
-                x = torch.randn(n, c, f, size, size, device=dev, dtype=dt)
-                audio = torch.randn(n, f, window_size(m.config.audio_window), layers, dim, device=dev, dtype=dt)
-                m(x, torch.full((n,), 500, device=dev), control=torch.randn_like(x), audio=audio, reference_kv=kv,
-                  context_kv=ctx, audio_amplitude=torch.ones(n, device=dev), visual_amplitude=torch.ones(n, device=dev))
+                random_call(m, (n, c, f, size, size), dev, dt, kv)
 
 
 def forward_flops(model, shape, device) -> float:
     """FLOPs of one model call on latents of `shape` (counted on the bf16 model)."""
-    n, c, f, h, w = shape
-    layers, dim = feature_shape(model.config.audio_encoder)
+    dtype = next(model.parameters()).dtype
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        x = torch.randn(shape, device=device, dtype=next(model.parameters()).dtype)
-        audio = torch.randn(n, f, window_size(model.config.audio_window), layers, dim, device=device,
-                            dtype=x.dtype)
-        kv = model.encode_reference(torch.randn(1, c, h, w, device=device, dtype=x.dtype))
-        model(x, torch.full((n,), 500, device=device), control=torch.randn_like(x), audio=audio, reference_kv=kv)
+        random_call(model, shape, device, dtype, random_reference(model, shape, device, dtype))
     return counter.get_total_flops()
 
 

@@ -3,6 +3,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
@@ -321,6 +322,21 @@ def test_random_whisper_is_seeded():
 
     a, b = WhisperAudioEncoder(AudioEncoderConfig(seed=3)), WhisperAudioEncoder(AudioEncoderConfig(seed=3))
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_random_whisper_features_carry_the_audio_not_only_the_position_table():
+    """The tiny preset's random Whisper must let the sound through: in every layer the features of speech differ
+    from those of silence by a sizeable share of how much the position table varies them over time (with
+    transformers' std-0.02 init the share was 0.025, and the tiny model's audio branch learned nothing)."""
+    from megactor.config import AudioEncoderConfig
+    from megactor.data.synthetic import speech_audio
+
+    speech, _ = speech_audio(np.random.default_rng(0), 2.0, 140.0)
+    encoder = WhisperAudioEncoder(AudioEncoderConfig())
+    feats = encoder([speech, np.zeros_like(speech)])[:, :100]  # (2, n, L+1, d)
+    content = (feats[0] - feats[1]).std(0).mean(-1)  # (L+1,): what the sound adds, per layer
+    position = feats[1].std(0).mean(-1)  # how silence's features vary over time: the position table
+    assert (content / position).min() > 0.3, (content / position).tolist()
 
 
 # ---------------------------------------------------------------------------- codecs

@@ -84,6 +84,21 @@ def num_features(num_samples: int) -> int:
     return max(1, math.ceil(num_samples / SAMPLES_PER_FEATURE))
 
 
+def init_stem(encoder: nn.Module) -> None:
+    """He-initialise a random Whisper encoder's two input convolutions.
+
+    With transformers' init (normal, std 0.02) the stem's output is about 40 times
+    smaller than the sinusoidal position table added to it: the audio's content is
+    2.5% of every layer's features (std over time of speech minus silence, 0.008
+    against the table's 0.32), and a model reading them learns position, not sound.
+    He init (std sqrt(2 / fan_in), for the GELUs that follow) lifts the content to
+    0.25 against 0.36, about where a trained Whisper's stem puts it.
+    """
+    for conv in (encoder.conv1, encoder.conv2):
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+
+
 class WhisperAudioEncoder(nn.Module):
     """Frozen Whisper encoder: 16 kHz waveforms -> hidden states of every layer at 50 Hz."""
 
@@ -98,6 +113,7 @@ class WhisperAudioEncoder(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = WhisperModel(config)
+                init_stem(model.get_encoder())
             self.feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
         self.encoder = model.get_encoder()
         self.encoder.requires_grad_(False)

@@ -1,10 +1,12 @@
 """Curation pipeline: real clips kept, faults recorded with their reasons, deterministic resume, settings."""
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -16,6 +18,7 @@ from megactor.config import ConfigError
 from megactor.config import TrainDataConfig
 from megactor.curation.config import load_curation_config
 from megactor.data.dataset import ClipDataset
+from megactor.curation.pack import piece_lengths
 from megactor.curation.pipeline import curate, main
 from megactor.curation.runner import Item, Step, process_items
 from megactor.data.shards import index_shard, list_shards, plan_shards, unpack_array, write_shard
@@ -54,6 +57,38 @@ def test_write_shard_is_deterministic_and_indexed(tmp_path):
     assert [r.key for r in refs] == ["clip-0", "clip-1", "clip-2"]
     assert refs[2].read("mp4") == bytes([2]) * 702 and refs[1].read_json() == {"i": 1}
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- pack
+
+
+def test_piece_lengths_are_equal_and_within_the_clip_length():
+    first = lambda n, clip, least=1: list(islice(piece_lengths(n, clip, least), math.ceil(n / clip) + 1))
+    assert first(250, 200, 50) == [125, 125, 200]  # 10 s at 25 fps, clips of 8 s: 5 + 5 s, not 8 + 2
+    assert first(100, 38) == [33, 33, 34, 38]
+    assert first(150, 200) == [150, 200]
+    assert first(128, 30, 30) == [30] * 6  # equal pieces (25 or 26 frames) would all be too short: 4 x 30 + a tail
+    assert list(islice(piece_lengths(0, 50, 1), 2)) == [50, 50]  # no estimate: pieces of the clip length
+    for n in range(1, 400, 7):
+        sizes = first(n, 60)[:-1]
+        assert sum(sizes) == n and max(sizes) <= 60 and max(sizes) - min(sizes) <= 1
+
+
+def test_pack_cuts_a_video_into_equal_clips_with_their_audio(tmp_path):
+    from megactor.curation.pack import Pack
+
+    fps, T = 25.0, 100
+    frames = (np.full((48, 48, 3), 2 * i, np.uint8) for i in range(T))  # each frame's brightness is its index
+    tone = np.sin(np.arange(int(T / fps * 16000)) * 0.05).astype(np.float32) * 0.3
+    write_video(str(tmp_path / "talk.mp4"), frames, fps, tone)
+    cfg = load_curation_config(["clip_seconds=1.5", "min_clip_seconds=1"])
+    clips = Pack().process(Item("talk", ("talk.mp4", str(tmp_path / "talk.mp4"))), cfg, str(tmp_path / "work"))
+    assert [c["json"]["num_frames"] for c in clips] == [33, 33, 34]
+    assert [c["json"]["start_frame"] for c in clips] == [0, 33, 66]
+    for clip in clips:
+        video = read_video(clip["mp4"]["path"])
+        assert abs(float(video.frames[0].mean()) - 2 * clip["json"]["start_frame"]) < 3
+        assert abs(len(video.audio) - clip["json"]["num_frames"] / fps * 16000) < 1100  # AAC pads its last frame
 
 
 # --------------------------------------------------------------------------- workers

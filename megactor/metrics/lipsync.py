@@ -77,6 +77,8 @@ SYLLABLE_BAND_HZ = (1.0, 6.0)
 CCA_RIDGE = 0.3
 LOUDNESS_FLOOR = 1e-3  # band power is floored 30 dB under its clip mean: silence is quiet, not -inf
 MOUTH_COMPONENTS = 3
+CANONICAL_PAIRS = 2  # the match pools the first two canonical correlations: the mouth shapes sound in more than one way
+MAX_CORRELATION = 0.999  # Fisher's z is infinite at 1
 
 
 @dataclass(frozen=True)
@@ -134,23 +136,33 @@ def syllable_rate(signal: np.ndarray, fps: float) -> np.ndarray:
     return x / np.where(std > 1e-12, std, np.inf)
 
 
-def canonical_correlation(a: np.ndarray, b: np.ndarray, ridge: float = CCA_RIDGE) -> float:
-    """(N, Ka), (N, Kb) -> the first canonical correlation, with ``ridge`` added to each covariance."""
+def canonical_correlations(a: np.ndarray, b: np.ndarray, ridge: float = CCA_RIDGE) -> np.ndarray:
+    """(N, Ka), (N, Kb) -> (min(Ka, Kb),) the canonical correlations, largest first, with ``ridge`` added to
+    each covariance."""
     a, b = a - a.mean(0), b - b.mean(0)
     n = len(a)
     whiten_a = np.linalg.inv(np.linalg.cholesky(a.T @ a / n + ridge * np.eye(a.shape[1])))
     whiten_b = np.linalg.inv(np.linalg.cholesky(b.T @ b / n + ridge * np.eye(b.shape[1])))
-    return float(np.linalg.svd(whiten_a @ (a.T @ b / n) @ whiten_b.T, compute_uv=False)[0])
+    return np.linalg.svd(whiten_a @ (a.T @ b / n) @ whiten_b.T, compute_uv=False)
+
+
+def match(lips: np.ndarray, audio: np.ndarray, T: int) -> float:
+    """(N, Ka), (N, Kb) overlapping frames of a clip of ``T`` -> how well they match: Fisher's z of the RMS of
+    the first ``CANONICAL_PAIRS`` canonical correlations, times sqrt(N / T). The z of a correlation over N
+    samples has a standard error of about 1 / sqrt(N): scaled so, a lag with less overlap needs a higher
+    correlation to win, as much as chance requires and no more."""
+    rho = canonical_correlations(lips, audio)[:CANONICAL_PAIRS]
+    return float(np.arctanh(min(np.sqrt(np.mean(np.square(rho))), MAX_CORRELATION)) * np.sqrt(len(lips) / T))
 
 
 def lagged_correlation(lips: np.ndarray, audio: np.ndarray, max_lag: int) -> np.ndarray:
-    """(T, Ka), (T, Kb) -> (2 * max_lag + 1,) canonical correlations at lags -max_lag ... max_lag,
-    each scaled by its overlap / T."""
+    """(T, Ka), (T, Kb) -> (2 * max_lag + 1,) their ``match`` over the overlapping frames at lags
+    -max_lag ... max_lag."""
     T = len(lips)
     out = np.empty(2 * max_lag + 1)
     for i, lag in enumerate(range(-max_lag, max_lag + 1)):
         overlap = slice(max(0, -lag), T - max(0, lag)), slice(max(0, lag), T - max(0, -lag))
-        out[i] = canonical_correlation(lips[overlap[0]], audio[overlap[1]]) * (T - abs(lag)) / T
+        out[i] = match(lips[overlap[0]], audio[overlap[1]], T)
     return out
 
 

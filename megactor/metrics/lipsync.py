@@ -79,6 +79,7 @@ LOUDNESS_FLOOR = 1e-3  # band power is floored 30 dB under its clip mean: silenc
 MOUTH_COMPONENTS = 3
 CANONICAL_PAIRS = 2  # the match pools the first two canonical correlations: the mouth shapes sound in more than one way
 MAX_CORRELATION = 0.999  # Fisher's z is infinite at 1
+DIGITAL_SILENCE = 3e-6  # RMS under 16-bit quantisation noise (2^-15 / sqrt(12) = 9e-6): zeros, not a quiet room
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,16 @@ class SyncResult:
 
 def mouth_components(patches: list, k: int = MOUTH_COMPONENTS) -> np.ndarray:
     """Per-frame (h, w) mouth patches (None where no face) -> (T, k) their first ``k`` principal components
-    over the clip (NaN where no face): how the mouth's look (opening, rounding, teeth) changes."""
+    over the clip (NaN where no face): how the mouth's look (opening, rounding, teeth) changes. Each patch is
+    first brought to zero mean and unit variance, so that exposure and lighting changes are not read as
+    movement of the mouth."""
     known = [p for p in patches if p is not None]
     out = np.full((len(patches), k), np.nan)
     if len(known) < 2:
         return out
     x = np.stack([np.asarray(p, np.float64).reshape(-1) for p in known])  # (F, h * w)
+    x -= x.mean(1, keepdims=True)
+    x /= np.maximum(x.std(1, keepdims=True), 1e-6)
     x -= x.mean(0)
     u, s, _ = np.linalg.svd(x, full_matrices=False)
     n = min(k, len(s))
@@ -105,11 +110,23 @@ def mouth_components(patches: list, k: int = MOUTH_COMPONENTS) -> np.ndarray:
     return out
 
 
+def frame_power(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:
+    """(S,) audio -> (num_frames,) its mean power over two frame periods around each frame's centre."""
+    window = max(1, int(round(2 * sample_rate / fps)))
+    centres = np.round((np.arange(num_frames) + 0.5) / fps * sample_rate).astype(np.int64)  # each frame's centre
+    power = scipy.ndimage.uniform_filter1d(np.square(audio), window, mode="constant")  # (S,) centred mean
+    return np.maximum(power[np.clip(centres, 0, len(power) - 1)], 0.0)
+
+
+def audible_frames(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:
+    """(S,) audio -> (num_frames,) True where the track holds sound, False in digital silence: a gap filled
+    with zeros (a shifted or late-starting track), quieter than 16-bit quantisation noise."""
+    return np.sqrt(frame_power(np.asarray(audio, np.float64), sample_rate, fps, num_frames)) > DIGITAL_SILENCE
+
+
 def band_loudness(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:
     """(S,) mono audio -> (num_frames, len(AUDIO_BANDS_HZ)) log RMS of each band around each frame's centre."""
     audio = np.asarray(audio, np.float64)
-    window = max(1, int(round(2 * sample_rate / fps)))
-    centres = np.round((np.arange(num_frames) + 0.5) / fps * sample_rate).astype(np.int64)  # each frame's centre
     out = np.zeros((num_frames, len(AUDIO_BANDS_HZ)))
     for i, (low, high) in enumerate(AUDIO_BANDS_HZ):
         high = min(high, 0.45 * sample_rate)
@@ -118,9 +135,7 @@ def band_loudness(audio: np.ndarray, sample_rate: int, fps: float, num_frames: i
         sos = scipy.signal.butter(4, [low, high], btype="band", fs=sample_rate, output="sos")
         if audio.size <= 3 * (2 * len(sos) + 1):  # too short to filter (sosfiltfilt's padding): no voice
             break
-        band = scipy.signal.sosfiltfilt(sos, audio)
-        power = scipy.ndimage.uniform_filter1d(np.square(band), window, mode="constant")  # (S,) centred mean
-        power = np.maximum(power[np.clip(centres, 0, len(power) - 1)], 0.0)  # (num_frames,)
+        power = frame_power(scipy.signal.sosfiltfilt(sos, audio), sample_rate, fps, num_frames)  # (num_frames,)
         out[:, i] = 0.5 * np.log(power + LOUDNESS_FLOOR * power.mean() + 1e-12)
     return out
 
@@ -155,15 +170,23 @@ def match(lips: np.ndarray, audio: np.ndarray, T: int) -> float:
     return float(np.arctanh(min(np.sqrt(np.mean(np.square(rho))), MAX_CORRELATION)) * np.sqrt(len(lips) / T))
 
 
-def lagged_correlation(lips: np.ndarray, audio: np.ndarray, max_lag: int) -> np.ndarray:
-    """(T, Ka), (T, Kb) -> (2 * max_lag + 1,) their ``match`` over the overlapping frames at lags
-    -max_lag ... max_lag."""
+def lagged_correlation(lips: np.ndarray, audio: np.ndarray, max_lag: int, heard: np.ndarray) -> np.ndarray:
+    """(T, Ka), (T, Kb), (T,) audible audio frames -> (2 * max_lag + 1,) their ``match`` over the overlapping
+    frames at lags -max_lag ... max_lag, leaving out the frames whose audio is digital silence."""
     T = len(lips)
-    out = np.empty(2 * max_lag + 1)
+    out = np.zeros(2 * max_lag + 1)
     for i, lag in enumerate(range(-max_lag, max_lag + 1)):
         overlap = slice(max(0, -lag), T - max(0, lag)), slice(max(0, lag), T - max(0, -lag))
-        out[i] = match(lips[overlap[0]], audio[overlap[1]], T)
+        sound = heard[overlap[1]]
+        if sound.sum() > lips.shape[1] + audio.shape[1]:
+            out[i] = match(lips[overlap[0]][sound], audio[overlap[1]][sound], T)
     return out
+
+
+def fill_gaps(signal: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(T, K) signal, (T,) the frames where it is known -> (T, K) linearly interpolated across the rest."""
+    frames = np.flatnonzero(known)
+    return np.stack([np.interp(np.arange(len(signal)), frames, k[frames]) for k in signal.T], 1)
 
 
 def min_frames(fps: float) -> int:
@@ -176,7 +199,9 @@ def lip_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, 
 
     Lags -max_lag ... max_lag are searched, fewer on a clip too short for them: every lag keeps an
     overlap of at least a second. Frames without measured lips may be NaN; they are filled by linear
-    interpolation. Raises ValueError for clips shorter than ``min_frames``.
+    interpolation. Frames whose audio is digital silence are left out of the match (their loudness is
+    interpolated, so that the band-pass sees no cliff): padding is not evidence of a closed mouth. Raises
+    ValueError for clips shorter than ``min_frames``, or without lips or sound.
     """
     lips = np.asarray(lips, np.float64)
     lips = lips[:, None] if lips.ndim == 1 else lips  # (T, K)
@@ -187,9 +212,12 @@ def lip_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, 
     known = np.isfinite(lips).all(1)
     if not known.any():
         raise ValueError("lip_sync: no frame has lip measures")
-    lips = np.stack([np.interp(np.arange(T), np.flatnonzero(known), k[known]) for k in lips.T], 1)
-    corr = lagged_correlation(syllable_rate(lips, fps), syllable_rate(band_loudness(audio, sample_rate, fps, T), fps),
-                              max_lag)
+    lips = fill_gaps(lips, known)
+    heard = audible_frames(audio, sample_rate, fps, T)
+    if heard.sum() < 2:
+        raise ValueError("lip_sync: the audio is digital silence")
+    loudness = fill_gaps(band_loudness(audio, sample_rate, fps, T), heard)  # (T, len(AUDIO_BANDS_HZ))
+    corr = lagged_correlation(syllable_rate(lips, fps), syllable_rate(loudness, fps), max_lag, heard)
     best = int(np.argmax(corr))
     spread = corr.std()
     score = float((corr[best] - corr.mean()) / spread) if spread > 1e-12 else 0.0

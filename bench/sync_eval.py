@@ -20,7 +20,10 @@ at 16 kHz on the video's timeline, not re-encoded as ``pack`` does. Printed and
 written to ``--json``: ``kept_in_sync``, ``dropped_shift_10``, ``dropped_swapped``,
 ``lag_tracks_shift`` (shares, see below), ``clips`` (the number of in-sync clips
 scored) and ``copies`` (one row per scored copy: clip, kind, shift, score, lag, reason).
-``--plot`` draws the confidence and lag of each group with the thresholds.
+``--plot`` draws the confidence and lag of each group with the thresholds. A piece
+too short for a verdict (``audio_filter.verdict_frames``) is kept by the curation
+for visual training only: its audio counts as not kept, in sync or not (reason
+"unverified").
 """
 from __future__ import annotations
 
@@ -93,9 +96,10 @@ def evaluate(pieces: list[dict], cfg) -> dict:
         def score(kind: str, shift, audio_in, source=None):
             record = {"has_audio": True, "audio_rms": float(np.sqrt(np.mean(np.square(audio_in, dtype=np.float64)))),
                       **measure_sync(lips, audio_in, AUDIO_RATE, fps, cfg)}
+            reason = "unverified" if record["audio_unverified"] else sync_reason(record, cfg)
             rows.append({"clip": piece["name"], "kind": kind, "shift": shift, "audio_from": source,
                          "score": record["sync_score"], "lag": record["sync_lag"], "lag_ms": record["sync_lag_ms"],
-                         "reason": sync_reason(record, cfg), "fps": fps})
+                         "reason": reason, "fps": fps})
 
         score("in_sync", 0, audio)
         for shift in SHIFTS:

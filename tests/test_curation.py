@@ -200,17 +200,23 @@ def test_faults_are_recorded_and_the_rest_processed(testcases, tmp_path):
 def test_visual_only_clips_are_kept_marked_and_trained_visually(testcases, tmp_path):
     clips = sorted((testcases / "driver").glob("*.mp4"))
     src = tmp_path / "in"
-    frames, audio, fps = small_clip(clips[0], 192, 2.5)
+    frames, audio, fps = small_clip(clips[0], 192, 3.0)
     write_video(str(src / "talk.mp4"), frames, fps, audio)
     write_video(str(src / "silent_film.mp4"), small_clip(clips[1], 192, 2.5)[0], fps, None)
+    short, short_audio, _ = small_clip(clips[2], 192, 2.5)  # 75 frames: the lag search needs 2 x 25 + 30
+    write_video(str(src / "short_talk.mp4"), short, fps, short_audio)
     out = tmp_path / "out"
-    curate(str(src), str(out), load_curation_config(["min_face_size=40"]))
+    summary = curate(str(src), str(out), load_curation_config(["min_face_size=40"]))
     table = pd.read_csv(out / "metrics.csv").set_index("source")
-    assert table["kept"].all() and len(table) == 2
+    assert table["kept"].all() and len(table) == 3
     assert not table.loc["silent_film.mp4", "has_audio"] and table.loc["talk.mp4", "has_audio"]
     assert np.isnan(table.loc["silent_film.mp4", "sync_score"])  # the sync filter skipped it
+    assert table.loc["short_talk.mp4", "audio_unverified"] and not table.loc["talk.mp4", "audio_unverified"]
+    assert np.isnan(table.loc["short_talk.mp4", "sync_score"]) and "a verdict needs 80" in table.loc["short_talk.mp4", "sync_error"]
+    assert "too short for a sync verdict (kept, trained as visual-only): 1" in summary
     refs = {r.key.split("-")[0]: r for p in list_shards(str(out / "shards")) for r in index_shard(p)}
     assert refs["silent_film"].read_json()["has_audio"] is False and refs["talk"].read_json()["has_audio"] is True
+    assert refs["short_talk"].read_json()["audio_unverified"] is True
 
     # the trainer's data folder is the curation's output folder; the silent clip gives visual or undriven samples
     cfg = TrainDataConfig(data_dirs=[str(out)], video_length=2, sample_size=32, ref_min_distance=4,
@@ -222,6 +228,8 @@ def test_visual_only_clips_are_kept_marked_and_trained_visually(testcases, tmp_p
     assert all(len(s["audio"]) == round(2.5 * 16000) and not s["audio"].any() for s in modes)
     talk = [dataset.load(dataset.samples.index(refs["talk"]), np.random.default_rng(i)) for i in range(12)]
     assert any(s["use_audio"] for s in talk)
+    unverified = [dataset.load(dataset.samples.index(refs["short_talk"]), np.random.default_rng(i)) for i in range(12)]
+    assert all(not s["use_audio"] and not s["audio"].any() for s in unverified)
 
     strict = tmp_path / "strict"
     curate(str(src), str(strict), load_curation_config(["min_face_size=40", "require_audio=true"]))

@@ -71,7 +71,8 @@ def load_pieces(folder: str, cfg) -> list[dict]:
             path = os.path.join(folder, rel)
             fps, frames = iter_frames(path, path)
             audio = read_audio(path, AUDIO_RATE)
-            clip_frames, min_frames = max(1, int(round(cfg.clip_seconds * fps))), int(np.ceil(cfg.min_clip_seconds * fps))
+            clip_frames = max(1, int(round(cfg.clip_seconds * fps)))
+            min_frames = int(np.ceil(cfg.min_clip_seconds * fps))
             start = 0
             for index, length in enumerate(piece_lengths(probe(path)["num_frames"], clip_frames, min_frames)):
                 try:

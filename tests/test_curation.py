@@ -212,7 +212,8 @@ def test_visual_only_clips_are_kept_marked_and_trained_visually(testcases, tmp_p
     assert not table.loc["silent_film.mp4", "has_audio"] and table.loc["talk.mp4", "has_audio"]
     assert np.isnan(table.loc["silent_film.mp4", "sync_score"])  # the sync filter skipped it
     assert table.loc["short_talk.mp4", "audio_unverified"] and not table.loc["talk.mp4", "audio_unverified"]
-    assert np.isnan(table.loc["short_talk.mp4", "sync_score"]) and "a verdict needs 80" in table.loc["short_talk.mp4", "sync_error"]
+    short_row = table.loc["short_talk.mp4"]
+    assert np.isnan(short_row["sync_score"]) and "a verdict needs 80" in short_row["sync_error"]
     assert "too short for a sync verdict (kept, trained as visual-only): 1" in summary
     refs = {r.key.split("-")[0]: r for p in list_shards(str(out / "shards")) for r in index_shard(p)}
     assert refs["silent_film"].read_json()["has_audio"] is False and refs["talk"].read_json()["has_audio"] is True

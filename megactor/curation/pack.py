@@ -5,7 +5,9 @@ A video is cut into the fewest equal pieces that keep each within ``clip_seconds
 No clip is then shorter than half of ``clip_seconds`` unless its video is, which
 gives the sync filter enough syllables to judge every piece, and training clips
 of even length. Where equal pieces would fall under ``min_clip_seconds`` (a
-minimum near ``clip_seconds``), the video is cut into full clips and a tail. Each clip is re-encoded (H.264 + AAC, audio 16 kHz mono, on the video's
+minimum near ``clip_seconds``), the video is cut into full clips and a tail.
+
+Each clip is re-encoded (H.264 + AAC, audio 16 kHz mono, on the video's
 timeline) and described by a json: its source, start, fps, frame count, size,
 whether it has audio, and the source's sidecar ``<video>.json`` if there is
 one, with per-frame lists cut to the clip. Frames go from the decoder to the

@@ -2,8 +2,9 @@
 
     python bench/sync_eval.py --clips DIR [--json OUT.json] [--plot OUT.png] [key=value ...]
 
-Every video under DIR is taken as in sync and cut as ``pack`` cuts it (pieces of
-``clip_seconds``, shorter tails dropped). Each piece is analysed once, as the
+Every video under DIR is taken as in sync and cut as ``pack`` cuts it (the fewest
+equal pieces of at most ``clip_seconds``, ``pack.piece_lengths``; pieces shorter than
+``min_clip_seconds`` dropped). Each piece is analysed once, as the
 face filter analyses a clip (``analyse_clip``), and its lip signal is scored against:
 
 - its own audio (in sync: should be kept),
@@ -19,7 +20,10 @@ at 16 kHz on the video's timeline, not re-encoded as ``pack`` does. Printed and
 written to ``--json``: ``kept_in_sync``, ``dropped_shift_10``, ``dropped_swapped``,
 ``lag_tracks_shift`` (shares, see below), ``clips`` (the number of in-sync clips
 scored) and ``copies`` (one row per scored copy: clip, kind, shift, score, lag, reason).
-``--plot`` draws the confidence and lag of each group with the thresholds.
+``--plot`` draws the confidence and lag of each group with the thresholds. A piece
+too short for a verdict (``audio_filter.verdict_frames``) is kept by the curation
+for visual training only: its audio counts as not kept, in sync or not (reason
+"unverified").
 """
 from __future__ import annotations
 
@@ -27,17 +31,17 @@ import argparse
 import json
 import os
 import sys
-from itertools import count, islice
+from itertools import islice
 
 import numpy as np
 
 from megactor.curation.audio_filter import measure_sync, sync_reason, sync_signal
 from megactor.curation.config import load_curation_config
 from megactor.curation.face_filter import analyse_clip
-from megactor.curation.pack import find_videos
+from megactor.curation.pack import find_videos, piece_lengths
 from megactor.data.face import face_analyser_from
 from megactor.data.shards import iter_frames
-from megactor.data.video_io import AUDIO_RATE, read_audio
+from megactor.data.video_io import AUDIO_RATE, probe, read_audio
 
 SHIFTS = (-15, -10, -5, 5, 10, 15)
 SWAPS = 3
@@ -67,17 +71,19 @@ def load_pieces(folder: str, cfg) -> list[dict]:
             path = os.path.join(folder, rel)
             fps, frames = iter_frames(path, path)
             audio = read_audio(path, AUDIO_RATE)
-            size = max(1, int(round(cfg.clip_seconds * fps)))
-            for index in count():
+            clip_frames = max(1, int(round(cfg.clip_seconds * fps)))
+            min_frames = int(np.ceil(cfg.min_clip_seconds * fps))
+            start = 0
+            for index, length in enumerate(piece_lengths(probe(path)["num_frames"], clip_frames, min_frames)):
                 try:
-                    faces, _ = analyse_clip(islice(frames, size), fps, analyser, cfg.min_face_size)
+                    faces, _ = analyse_clip(islice(frames, length), fps, analyser, cfg.min_face_size)
                 except ValueError:  # no frames left
                     break
                 T = len(faces["valid"])
-                if T < np.ceil(cfg.min_clip_seconds * fps):  # a tail that pack drops
-                    frames.close()
-                    break
-                a0, n = int(round(index * size / fps * AUDIO_RATE)), int(round(T / fps * AUDIO_RATE))
+                first, start = start, start + T
+                if T < min_frames:  # a piece that pack drops
+                    continue
+                a0, n = int(round(first / fps * AUDIO_RATE)), int(round(T / fps * AUDIO_RATE))
                 piece_audio = np.pad(audio[a0:a0 + n], (0, max(0, n - len(audio[a0:a0 + n]))))
                 pieces.append({"name": f"{rel}#{index}", "fps": fps, "lips": sync_signal(faces), "audio": piece_audio})
     return pieces
@@ -91,9 +97,10 @@ def evaluate(pieces: list[dict], cfg) -> dict:
         def score(kind: str, shift, audio_in, source=None):
             record = {"has_audio": True, "audio_rms": float(np.sqrt(np.mean(np.square(audio_in, dtype=np.float64)))),
                       **measure_sync(lips, audio_in, AUDIO_RATE, fps, cfg)}
+            reason = "unverified" if record["audio_unverified"] else sync_reason(record, cfg)
             rows.append({"clip": piece["name"], "kind": kind, "shift": shift, "audio_from": source,
                          "score": record["sync_score"], "lag": record["sync_lag"], "lag_ms": record["sync_lag_ms"],
-                         "reason": sync_reason(record, cfg), "fps": fps})
+                         "reason": reason, "fps": fps})
 
         score("in_sync", 0, audio)
         for shift in SHIFTS:

@@ -1,10 +1,12 @@
 """Curation pipeline: real clips kept, faults recorded with their reasons, deterministic resume, settings."""
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -16,6 +18,7 @@ from megactor.config import ConfigError
 from megactor.config import TrainDataConfig
 from megactor.curation.config import load_curation_config
 from megactor.data.dataset import ClipDataset
+from megactor.curation.pack import piece_lengths
 from megactor.curation.pipeline import curate, main
 from megactor.curation.runner import Item, Step, process_items
 from megactor.data.shards import index_shard, list_shards, plan_shards, unpack_array, write_shard
@@ -54,6 +57,38 @@ def test_write_shard_is_deterministic_and_indexed(tmp_path):
     assert [r.key for r in refs] == ["clip-0", "clip-1", "clip-2"]
     assert refs[2].read("mp4") == bytes([2]) * 702 and refs[1].read_json() == {"i": 1}
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- pack
+
+
+def test_piece_lengths_are_equal_and_within_the_clip_length():
+    first = lambda n, clip, least=1: list(islice(piece_lengths(n, clip, least), math.ceil(n / clip) + 1))
+    assert first(250, 200, 50) == [125, 125, 200]  # 10 s at 25 fps, clips of 8 s: 5 + 5 s, not 8 + 2
+    assert first(100, 38) == [33, 33, 34, 38]
+    assert first(150, 200) == [150, 200]
+    assert first(128, 30, 30) == [30] * 6  # equal pieces (25 or 26 frames) would all be too short: 4 x 30 + a tail
+    assert list(islice(piece_lengths(0, 50, 1), 2)) == [50, 50]  # no estimate: pieces of the clip length
+    for n in range(1, 400, 7):
+        sizes = first(n, 60)[:-1]
+        assert sum(sizes) == n and max(sizes) <= 60 and max(sizes) - min(sizes) <= 1
+
+
+def test_pack_cuts_a_video_into_equal_clips_with_their_audio(tmp_path):
+    from megactor.curation.pack import Pack
+
+    fps, T = 25.0, 100
+    frames = (np.full((48, 48, 3), 2 * i, np.uint8) for i in range(T))  # each frame's brightness is its index
+    tone = np.sin(np.arange(int(T / fps * 16000)) * 0.05).astype(np.float32) * 0.3
+    write_video(str(tmp_path / "talk.mp4"), frames, fps, tone)
+    cfg = load_curation_config(["clip_seconds=1.5", "min_clip_seconds=1"])
+    clips = Pack().process(Item("talk", ("talk.mp4", str(tmp_path / "talk.mp4"))), cfg, str(tmp_path / "work"))
+    assert [c["json"]["num_frames"] for c in clips] == [33, 33, 34]
+    assert [c["json"]["start_frame"] for c in clips] == [0, 33, 66]
+    for clip in clips:
+        video = read_video(clip["mp4"]["path"])
+        assert abs(float(video.frames[0].mean()) - 2 * clip["json"]["start_frame"]) < 3
+        assert abs(len(video.audio) - clip["json"]["num_frames"] / fps * 16000) < 1100  # AAC pads its last frame
 
 
 # --------------------------------------------------------------------------- workers
@@ -165,17 +200,24 @@ def test_faults_are_recorded_and_the_rest_processed(testcases, tmp_path):
 def test_visual_only_clips_are_kept_marked_and_trained_visually(testcases, tmp_path):
     clips = sorted((testcases / "driver").glob("*.mp4"))
     src = tmp_path / "in"
-    frames, audio, fps = small_clip(clips[0], 192, 2.5)
+    frames, audio, fps = small_clip(clips[0], 192, 3.0)
     write_video(str(src / "talk.mp4"), frames, fps, audio)
     write_video(str(src / "silent_film.mp4"), small_clip(clips[1], 192, 2.5)[0], fps, None)
+    short, short_audio, _ = small_clip(clips[2], 192, 2.5)  # 75 frames: the lag search needs 2 x 25 + 30
+    write_video(str(src / "short_talk.mp4"), short, fps, short_audio)
     out = tmp_path / "out"
-    curate(str(src), str(out), load_curation_config(["min_face_size=40"]))
+    summary = curate(str(src), str(out), load_curation_config(["min_face_size=40"]))
     table = pd.read_csv(out / "metrics.csv").set_index("source")
-    assert table["kept"].all() and len(table) == 2
+    assert table["kept"].all() and len(table) == 3
     assert not table.loc["silent_film.mp4", "has_audio"] and table.loc["talk.mp4", "has_audio"]
     assert np.isnan(table.loc["silent_film.mp4", "sync_score"])  # the sync filter skipped it
+    assert table.loc["short_talk.mp4", "audio_unverified"] and not table.loc["talk.mp4", "audio_unverified"]
+    short_row = table.loc["short_talk.mp4"]
+    assert np.isnan(short_row["sync_score"]) and "a verdict needs 80" in short_row["sync_error"]
+    assert "too short for a sync verdict (kept, trained as visual-only): 1" in summary
     refs = {r.key.split("-")[0]: r for p in list_shards(str(out / "shards")) for r in index_shard(p)}
     assert refs["silent_film"].read_json()["has_audio"] is False and refs["talk"].read_json()["has_audio"] is True
+    assert refs["short_talk"].read_json()["audio_unverified"] is True
 
     # the trainer's data folder is the curation's output folder; the silent clip gives visual or undriven samples
     cfg = TrainDataConfig(data_dirs=[str(out)], video_length=2, sample_size=32, ref_min_distance=4,
@@ -187,6 +229,8 @@ def test_visual_only_clips_are_kept_marked_and_trained_visually(testcases, tmp_p
     assert all(len(s["audio"]) == round(2.5 * 16000) and not s["audio"].any() for s in modes)
     talk = [dataset.load(dataset.samples.index(refs["talk"]), np.random.default_rng(i)) for i in range(12)]
     assert any(s["use_audio"] for s in talk)
+    unverified = [dataset.load(dataset.samples.index(refs["short_talk"]), np.random.default_rng(i)) for i in range(12)]
+    assert all(not s["use_audio"] and not s["audio"].any() for s in unverified)
 
     strict = tmp_path / "strict"
     curate(str(src), str(strict), load_curation_config(["min_face_size=40", "require_audio=true"]))

@@ -9,7 +9,7 @@ from megactor.curation.config import CurationConfig
 from megactor.curation.face_filter import analyse_clip
 from megactor.data.face import build_face_analyser
 from megactor.data.video_io import read_video
-from megactor.metrics.lipsync import band_loudness, lip_sync, min_frames, mouth_components
+from megactor.metrics.lipsync import audible_frames, band_loudness, lip_sync, min_frames, mouth_components
 
 SR = 16000
 
@@ -73,6 +73,20 @@ def test_silence_floor_keeps_a_padded_shift_tracking():
     assert lip_sync(mouth, shift_audio(audio, 10, 25.0), SR, 25.0).lag == 10
 
 
+def test_digital_silence_is_left_out_of_the_match():
+    """A track that starts 2 s late (pack fills the gap with zeros): the silent frames are not heard, and the
+    lag and confidence come from the frames with sound."""
+    mouth, audio = synthetic_talk(6.0, seed=5)
+    late = audio + np.random.default_rng(5).normal(0, 1e-3, audio.shape).astype(np.float32)  # a room's noise floor
+    late[:2 * SR] = 0
+    heard = audible_frames(late, SR, 25.0, len(mouth))
+    assert not heard[:49].any() and heard[51:].all()
+    result = lip_sync(mouth, late, SR, 25.0)
+    assert result.lag == 0 and result.score > CurationConfig().min_sync_score
+    with pytest.raises(ValueError, match="digital silence"):
+        lip_sync(mouth, np.zeros_like(audio), SR, 25.0)
+
+
 @pytest.fixture(scope="module")
 def real_talk(testcases):
     """(lip signal (T, 3): mouth appearance, as the face filter records it; 16 kHz audio; fps) per real driver clip."""
@@ -105,11 +119,33 @@ def test_real_clips_lag_follows_shifted_audio_and_the_copy_is_dropped(real_talk,
         assert sync_reason(record, cfg) is not None, (name, record)
 
 
-def test_mouth_components_follow_the_clip_and_mark_missing_frames():
+def test_a_clip_too_short_for_the_lag_search_gets_no_verdict(real_talk):
+    """75 frames at 30 fps cannot search +-25 lags with a second of overlap: not scored, not dropped, marked;
+    80 frames can."""
+    cfg = CurationConfig()
+    lips, audio, fps = real_talk["audio_CHTF_2.mp4"]
+    for frames, unverified in ((75, True), (80, False)):
+        record = {"has_audio": True, "audio_rms": 0.1,
+                  **measure_sync(lips[:frames], audio[:int(frames / fps * SR)], SR, fps, cfg)}
+        assert record["audio_unverified"] is unverified and bool(np.isnan(record["sync_score"])) is unverified
+        if unverified:
+            assert sync_reason(record, cfg) is None and "needs 80" in record["sync_error"]
+
+
+def test_mouth_components_follow_the_mouth_not_the_exposure():
+    """A dark opening that grows and shrinks, filmed under a flickering exposure: the first component follows
+    the opening, not the brightness of the frame."""
     rng = np.random.default_rng(0)
-    opening = np.sin(np.linspace(0, 12, 40))
-    patches = [np.outer(np.hanning(24), np.hanning(32)) * (1 + o) + 0.01 * rng.random((24, 32)) for o in opening]
+    opening = 0.5 + 0.5 * np.sin(np.linspace(0, 12, 40))
+    gain = 1 + 0.4 * rng.random(40)  # exposure flicker, unrelated to the mouth
+    y, x = np.mgrid[:24, :32]
+
+    def patch(o: float, g: float) -> np.ndarray:
+        lips = np.exp(-((x - 16) / 9) ** 2 - ((y - 12) / (1 + 6 * o)) ** 2)  # the dark opening, taller when open
+        return g * (180 - 140 * lips) + rng.normal(0, 1, lips.shape)
+
+    patches = [patch(o, g) for o, g in zip(opening, gain)]
     patches[5] = None
     pcs = mouth_components(patches)
     assert pcs.shape == (40, 3) and np.isnan(pcs[5]).all() and np.isfinite(np.delete(pcs, 5, 0)).all()
-    assert abs(np.corrcoef(np.delete(pcs[:, 0], 5), np.delete(opening, 5))[0, 1]) > 0.99
+    assert abs(np.corrcoef(np.delete(pcs[:, 0], 5), np.delete(opening, 5))[0, 1]) > 0.95

@@ -10,8 +10,12 @@ which ran. Clips are dropped, in this order of reasons, for: "silent_audio",
 for SyncNet), "sync_lag" (the best lag outside ``min_sync_lag_ms`` ...
 ``max_sync_lag_ms``), "head_pose" (yaw/pitch/roll beyond their limits),
 "motion" (faster than ``max_motion``). A visual-only clip (``has_audio`` false
-in its json) skips the audio reasons. Every threshold applies when the step
-assembles its shards. The kept clips are the pipeline's final shards.
+in its json) skips the audio reasons. A clip too short for a verdict of the
+weight-free scorer (``verdict_frames``: every lag of +-``sync_search_frames``
+with a second of overlap) is not scored and not dropped for its audio: it is
+kept with ``audio_unverified`` true, and training uses it as it uses a
+visual-only clip (visual and undriven samples). Every threshold applies when
+the step assembles its shards. The kept clips are the pipeline's final shards.
 """
 from __future__ import annotations
 
@@ -47,16 +51,27 @@ def sync_signal(faces: dict) -> np.ndarray:
     return lip_measures(unpack_array(faces["landmarks"]))  # (T, 2)
 
 
+def verdict_frames(fps: float, cfg: CurationConfig) -> int:
+    """The fewest frames on which the weight-free scorer gives a verdict: every lag of +-``sync_search_frames``
+    searched with a second of overlap. A shorter clip searches fewer lags, so a shift near the range's end
+    could alias to an in-sync lag; its verdict would be a guess."""
+    return 2 * cfg.sync_search_frames + int(np.ceil(fps))
+
+
 def measure_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, cfg: CurationConfig) -> dict:
     """(T, K) lip signal (``sync_signal``; NaN where no face) and the clip's audio -> the weight-free scorer's
-    sync columns."""
+    sync columns; ``audio_unverified`` for a clip shorter than ``verdict_frames``."""
+    if len(lips) < verdict_frames(fps, cfg):
+        return {"sync_scorer": "lipsync", "sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None,
+                "audio_unverified": True,
+                "sync_error": f"{len(lips)} frames: a verdict needs {verdict_frames(fps, cfg)} at {fps:g} fps"}
     try:
         sync = lip_sync(lips, audio, sample_rate, fps, cfg.sync_search_frames)
     except ValueError as e:  # too short, or no lips measured
         return {"sync_scorer": "lipsync", "sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None,
-                "sync_error": str(e)}
+                "audio_unverified": False, "sync_error": str(e)}
     return {"sync_scorer": "lipsync", "sync_score": sync.score, "sync_lag": sync.lag,
-            "sync_lag_ms": sync.lag * 1000.0 / fps}
+            "sync_lag_ms": sync.lag * 1000.0 / fps, "audio_unverified": False}
 
 
 def face_crops(video: bytes, name: str, boxes: list, size: int = 224) -> np.ndarray:
@@ -79,8 +94,9 @@ def face_crops(video: bytes, name: str, boxes: list, size: int = 224) -> np.ndar
 
 
 def sync_reason(record: dict, cfg: CurationConfig) -> Optional[str]:
-    """The audio reason to drop a clip ("silent_audio", "low_sync", "sync_lag"), or None; none for visual-only."""
-    if not record.get("has_audio", True):
+    """The audio reason to drop a clip ("silent_audio", "low_sync", "sync_lag"), or None; none for visual-only
+    clips and clips too short for a verdict (their audio is not used)."""
+    if not record.get("has_audio", True) or record.get("audio_unverified", False):
         return None
     if record["audio_rms"] < cfg.min_audio_rms:
         return "silent_audio"
@@ -132,6 +148,7 @@ class AudioFilter(Step):
         else:
             metrics = {"has_audio": True, "audio_rms": audio_rms(audio), **measure_sync(lips, audio, rate, fps, cfg)}
         sample["metrics"] = {**sample["metrics"], **metrics}
+        sample["audio_unverified"] = bool(metrics.get("audio_unverified", False))
         record = {"key": ref.key, "source": sample.get("source", name), **sample["metrics"], "reason": None}
         offset, size = ref.members["mp4"]
         return [{"record": record, "json": sample, "mp4": {"path": os.path.abspath(ref.shard), "offset": offset, "size": size}}]

@@ -1,5 +1,12 @@
 """Step 1, pack: videos found under the input folder -> clips of at most ``clip_seconds`` in shards.
 
+A video is cut into the fewest equal pieces that keep each within ``clip_seconds``
+(``piece_lengths``): a 10 s video gives two clips of 5 s, not 8 s and a 2 s tail.
+No clip is then shorter than half of ``clip_seconds`` unless its video is, which
+gives the sync filter enough syllables to judge every piece, and training clips
+of even length. Where equal pieces would fall under ``min_clip_seconds`` (a
+minimum near ``clip_seconds``), the video is cut into full clips and a tail.
+
 Each clip is re-encoded (H.264 + AAC, audio 16 kHz mono, on the video's
 timeline) and described by a json: its source, start, fps, frame count, size,
 whether it has audio, and the source's sidecar ``<video>.json`` if there is
@@ -52,6 +59,18 @@ def slice_per_frame(meta: Any, total: int, start: int, stop: int) -> Any:
     if isinstance(meta, list):
         return meta[start:stop] if len(meta) == total else [slice_per_frame(v, total, start, stop) for v in meta]
     return meta
+
+
+def piece_lengths(num_frames: int, clip_frames: int, min_frames: int) -> Iterator[int]:
+    """Frame counts of the consecutive pieces of a video of ``num_frames`` (probe's estimate): the fewest
+    equal pieces of at most ``clip_frames``; where those would be shorter than ``min_frames`` (and dropped),
+    pieces of ``clip_frames`` and a tail. Frames beyond the estimate come in pieces of ``clip_frames``."""
+    n = math.ceil(num_frames / clip_frames)
+    if n > 0 and num_frames // n >= min_frames:
+        bounds = [i * num_frames // n for i in range(n + 1)]
+        yield from (stop - start for start, stop in zip(bounds, bounds[1:]))
+    while True:
+        yield clip_frames
 
 
 class Counted:
@@ -120,20 +139,20 @@ class Pack(Step):
         clip_frames = max(1, int(round(cfg.clip_seconds * fps)))
         min_frames = math.ceil(cfg.min_clip_seconds * fps)
         frames = chain([first], frames)
-        clips, starts = [], []
-        for index in count():
+        clips, starts, stop = [], [], 0
+        for index, length in enumerate(piece_lengths(info["num_frames"], clip_frames, min_frames)):
             head = next(frames, None)  # one frame ahead: is there another clip?
             if head is None:
                 break
-            start = index * clip_frames
+            start, stop = stop, stop + length
             key = f"{item.key}_{index:03d}"
-            n = int(round((start + clip_frames) / fps * AUDIO_RATE)) - int(round(start / fps * AUDIO_RATE))
+            n = int(round(stop / fps * AUDIO_RATE)) - int(round(start / fps * AUDIO_RATE))
             try:
                 clip_audio = audio.take(n) if audio is not None else None
             except MediaError as e:
                 return failed("unreadable", str(e))
             mp4 = os.path.join(item_dir, key + ".mp4")
-            written = Counted(chain([head], islice(frames, clip_frames - 1)))
+            written = Counted(chain([head], islice(frames, length - 1)))
             write_video(mp4, written, fps, clip_audio, AUDIO_RATE)  # frames go to the encoder one at a time
             record = {"key": key, "source": rel, "clip_index": index, "clip_start": start / fps,
                       "num_frames": written.count, "fps": fps, "duration": written.count / fps,

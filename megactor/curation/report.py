@@ -68,6 +68,9 @@ def summary(table: pd.DataFrame) -> str:
         lines.append("- sync scored by: " + ", ".join(f"{name} ({n} clips)" for name, n in scorers.items()))
     if "has_audio" in clips:
         lines.append(f"- visual-only clips (no audio track): {int(clips['has_audio'].eq(False).sum())}")
+    if "audio_unverified" in clips:
+        unverified = int(clips["audio_unverified"].eq(True).sum())
+        lines.append(f"- clips too short for a sync verdict (kept, trained as visual-only): {unverified}")
     dropped = table[~table["kept"]].groupby(["dropped_at", "reason"], sort=True).size()
     if len(dropped):
         lines += ["", "| dropped at | reason | count |", "| --- | --- | --- |"]

@@ -38,7 +38,9 @@ deadlock the workers in OpenCV's thread pool; a DataLoader alone (the trainer's
 use) or ``multiprocessing_context="forkserver"`` is safe.
 
 A visual-only clip (``has_audio`` false in its json: its video had no audio
-track) gives only visual and undriven samples, with silence as their "audio".
+track) gives only visual and undriven samples, with silence as their "audio";
+so does a clip whose audio the curation could not verify (``audio_unverified``
+true: too short for a sync verdict), its audio left unused.
 
 Per sample: ``video_length`` frames at ``frame_stride`` (a start drawn
 uniformly among those whose frames are all valid), a reference frame of the
@@ -327,7 +329,7 @@ class ClipDataset(IterableDataset):
             meta = ref.read_json()
             faces, fps = meta["faces"], float(meta["fps"])
             valid = np.asarray(faces["valid"], bool)
-            has_audio = bool(meta.get("has_audio", True))
+            has_audio = bool(meta.get("has_audio", True)) and not meta.get("audio_unverified", False)
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptSample(f"{name}: bad json ({e})") from None
         try:

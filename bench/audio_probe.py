@@ -8,7 +8,13 @@
    regression, leaving one clip out at a time. The Pearson correlation of the held-out predictions with
    the truth says whether the features carry the envelope the mouth follows; the same probe on the
    frame's log-mel window and on its RMS loudness are the references.
-2. Gradient. One audio-mode training loss (v-prediction, the clips' own frames) through the model at the
+2. Content against position. Whisper adds a fixed sinusoidal table to its stem's output, so features vary
+   over time even in silence. Per layer, the standard deviation over time of (speech features - silence
+   features) against that of the silence features: the share of the features that is the sound. The
+   linear probe standardises every feature, so it reads the sound however small this share is; a network
+   reading the raw features does not (transformers' std-0.02 init gave 0.025, and the tiny model's audio
+   branch learned nothing; ``audio_encoder.init_stem`` fixes it).
+3. Gradient. One audio-mode training loss (v-prediction, the clips' own frames) through the model at the
    checkpoint's weights (a stage-1 export is stage 2's start; a random model's zero-initialised final
    layer passes no gradient at all): the gradient norm of each audio parameter group against the
    backbone blocks'. A zero-initialised output projection passes no gradient to what lies before it, so
@@ -56,6 +62,14 @@ def probe(inputs: list[np.ndarray], targets: list[np.ndarray]) -> float:
         model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((train_x - mean) / std, train_y)
         preds.append(model.predict((inputs[k] - mean) / std))
     return float(np.corrcoef(np.concatenate(preds), np.concatenate(targets))[0, 1])
+
+
+def content_share(encoder: WhisperAudioEncoder, audio: np.ndarray) -> list[float]:
+    """Per encoder layer, std over time of (features of `audio` - features of silence) / std of silence's."""
+    feats = encoder([audio, np.zeros_like(audio)])[:, :num_features(len(audio))]  # (2, n, L+1, d)
+    content = (feats[0] - feats[1]).std(0).mean(-1)
+    position = feats[1].std(0).mean(-1)
+    return (content / position).tolist()
 
 
 def gradient_norms(model: SigmaDiT, frames: np.ndarray, windows: torch.Tensor, frames_per_sample: int = 8) -> dict:
@@ -108,6 +122,10 @@ def main():
     print("| features | dims | held-out correlation |\n|---|---:|---:|")
     for name, xs in feats.items():
         print(f"| {name} | {xs[0].shape[1]} | {probe(xs, targets):.2f} |")
+    shares = np.mean([content_share(encoder, read_video(p).audio) for p in paths], axis=0)
+    print("\ncontent against position (std over time of speech - silence features, over silence's), per layer")
+    print("| layer | " + " | ".join(str(i) for i in range(len(shares))) + " |\n|---|" + "---:|" * len(shares))
+    print("| share | " + " | ".join(f"{v:.3f}" for v in shares) + " |")
     print(f"\ngradient norms of one audio-mode loss at {args.checkpoint or 'a random tiny model'}")
     print("| group | gradient norm |\n|---|---:|")
     for name, norm in gradient_norms(model, *first).items():

@@ -5,8 +5,10 @@
 # loudly when it cuts a stage). Threads: one per idle core at the start, since with another job on the
 # cores two threads ran stage 1 about 4 times slower than one (docs/control.md).
 # It leaves runs/tiny/stage3/model, the checkpoint configs/inference/tiny/inference.yaml uses.
-#   bash scripts/quickstart.sh [--long] [key=value ...]      (overrides go to every stage)
+#   bash scripts/quickstart.sh [--long | --gpu] [key=value ...]      (overrides go to every stage)
 #   --long: the longer CPU recipe (about 8000 / 3000 / 300 steps, under an hour on 2 cores)
+#   --gpu: the recipe for one GPU, where a larger batch costs little: stage 2 at batch 16 for 1500 steps (the
+#          smallest budget at which the audio branch was seen to start driving the mouth, docs/control.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GLOG_minloglevel=2  # MediaPipe's C++ logging
@@ -15,19 +17,22 @@ if [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # one thread per idle core: torch's th
     export OMP_NUM_THREADS
 fi
 echo "quickstart: OMP_NUM_THREADS=$OMP_NUM_THREADS"
-long=()
+recipe=()  # per-stage overrides of --long or --gpu
 if [[ "${1:-}" == "--long" ]]; then
     shift
-    long=("max_train_steps=8000 max_train_minutes=30" "max_train_steps=3000 max_train_minutes=25"
+    recipe=("max_train_steps=8000 max_train_minutes=30" "max_train_steps=3000 max_train_minutes=25"
           "max_train_steps=300 max_train_minutes=8")
+elif [[ "${1:-}" == "--gpu" ]]; then
+    shift
+    recipe=("" "max_train_steps=1500 train_batch_size=16 max_train_minutes=10" "max_train_steps=300 max_train_minutes=5")
 fi
 python -m megactor.data.synthetic --out data/synthetic/clips --clips 192 --seconds 2 --size 96 --seed 0 --workers 2
 python data_processing/curate.py --input-dir data/synthetic/clips --output-dir data/synthetic/curated \
     --workers 2 min_face_size=24
 python -m megactor.data.synthetic --out data/synthetic/heldout --clips 8 --seconds 4 --size 96 --seed 1000 --workers 2
 for stage in 1 2 3; do
-    # shellcheck disable=SC2206  # the --long overrides split into their key=value words
-    extra=(${long[$((stage - 1))]:-})
+    # shellcheck disable=SC2206  # the recipe overrides split into their key=value words
+    extra=(${recipe[$((stage - 1))]:-})
     python train.py --config "configs/train/tiny/train_stage$stage.yaml" "${extra[@]}" "$@"
 done
 echo "done: runs/tiny/stage3/model. Measure it: python bench/control_eval.py --config configs/inference/tiny/inference.yaml --clips data/synthetic/heldout --json control.json"

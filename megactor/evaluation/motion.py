@@ -46,6 +46,13 @@ def _found(*lms: np.ndarray) -> np.ndarray:
     return np.logical_and.reduce([np.isfinite(lm).all((-1, -2)) for lm in lms])
 
 
+def mean_lmd(result: np.ndarray, driver: np.ndarray) -> float:
+    """The mean of ``landmark_distance`` over the frames where both have a face (NaN without one)."""
+    per_frame = landmark_distance(result, driver)
+    known = per_frame[np.isfinite(per_frame)]
+    return float(known.mean()) if known.size else float("nan")
+
+
 def landmark_distance(result: np.ndarray, driver: np.ndarray) -> np.ndarray:
     """(T, 468, k) result and driver meshes, frames paired -> (T,) LMD in the driver's inter-ocular distances
     (NaN where either has no face)."""
@@ -77,11 +84,12 @@ def pose_error(result: np.ndarray, driver: np.ndarray) -> np.ndarray:
 def acceleration(lm: np.ndarray, fps: float) -> float:
     """(T, 468, k) mesh -> the mean landmark acceleration in inter-ocular distances per second squared, over
     runs of three consecutive frames with a face (NaN without one)."""
-    xy = np.asarray(lm, np.float64)[..., :2] / np.nanmedian(inter_ocular(lm))
+    xy = np.asarray(lm, np.float64)[..., :2]
     second = xy[2:] - 2 * xy[1:-1] + xy[:-2]  # (T - 2, 468, 2)
     ok = _found(second)
     if not ok.any():
         return float("nan")
+    second = second / np.median(inter_ocular(xy[_found(xy)]))
     return float(np.linalg.norm(second[ok], axis=-1).mean() * fps ** 2)
 
 

@@ -32,7 +32,7 @@ from PIL import Image
 from megactor.data.control import syncnet_crop
 from megactor.data.face import LEFT_EYE, RIGHT_EYE, landmark_box, MediaPipeFaceAnalyser
 from megactor.data.shards import iter_frames
-from megactor.data.video_io import AUDIO_RATE, MediaError, probe, read_audio
+from megactor.data.video_io import AUDIO_RATE, probe, read_audio
 from megactor.evaluation import drift, motion, pixels
 from megactor.evaluation.config import EvaluationConfig
 from megactor.evaluation.matching import EvaluationInputError, Triple
@@ -156,7 +156,7 @@ class Scorer:
         r_idx, d_idx = motion.paired_frames(result.num_frames, result.fps, driver.num_frames, driver.fps)
         r, d = result.landmarks[r_idx], driver.landmarks[d_idx]
         yaw, pitch, roll = motion.pose_error(r, d)
-        return {"lmd": float(np.nanmean(motion.landmark_distance(r, d))) if len(r) else float("nan"),
+        return {"lmd": motion.mean_lmd(r, d),
                 "mouth_corr": motion.opening_correlation(r, d, "mouth"),
                 "eye_corr": motion.opening_correlation(r, d, "eye"),
                 "pose_error": float(np.mean([yaw, pitch, roll])), "yaw_error": yaw, "pitch_error": pitch,

@@ -250,3 +250,19 @@ def test_the_landmark_openings_follow_the_truth_of_synthetic_heads(tmp_path):
     assert pooled_correlation(pairs["mouth"]) > 0.8 and pooled_correlation(pairs["eye"]) > 0.4
     swapped = [(pairs["mouth"][0][0], pairs["mouth"][1][1]), (pairs["mouth"][1][0], pairs["mouth"][0][1])]
     assert abs(pooled_correlation(swapped)) < 0.3
+
+
+def test_a_csv_of_triples_is_read_relative_to_its_folder_and_its_faults_are_named(folders, tmp_path):
+    from megactor.evaluation.matching import EvaluationInputError, match_by_name, read_triples
+
+    by_name = match_by_name(str(folders / "results"), str(folders / "drivers"), str(folders / "sources"))
+    assert [(t.driver.split("/")[-1], t.source.split("/")[-1]) for t in by_name][0] == (f"{DRIVER}.mp4", "late.png")
+    table = folders / "triples.csv"
+    table.write_text(f"result,driver,source\nresults/same_{DRIVER}.mp4,drivers/{DRIVER}.mp4,sources/same.png\n")
+    (triple,) = read_triples(str(table))
+    assert triple.result == str(folders / "results" / f"same_{DRIVER}.mp4") and triple.source.endswith("same.png")
+    for text, fault in (("result,source\nx.mp4,y.png\n", "driver"),
+                        (f"result,driver\nresults/none.mp4,drivers/{DRIVER}.mp4\n", "none.mp4")):
+        (tmp_path / "t.csv").write_text(text)
+        with pytest.raises(EvaluationInputError, match=fault):
+            read_triples(str(tmp_path / "t.csv"))

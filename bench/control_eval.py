@@ -22,7 +22,7 @@ JSON keys:
                                             included) with the output's motion from that modality (the
                                             standard deviation over time of the measured mouth opening,
                                             averaged over the sweep's pairs); at 0 the branch is off
-    self_visual_mouth, ceiling_visual_mouth clip i driving its own first frame (follow_eval's figure), and
+    self_visual_mouth, ceiling_visual_mouth clip i driving its own first frame, and
                                             the measure on the drivers' own frames aligned as the control
                                             aligns them (what a perfect visual result scores)
     pairs, steps, seconds, checkpoint

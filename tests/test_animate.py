@@ -385,7 +385,7 @@ def test_one_name_for_the_denoising_steps_in_every_entry_point():
 
     help_no_audio = eval_audio.parse_args(["--config", "x"])
     assert help_no_audio.num_steps is None
-    for script in ("eval_audio.py", "bench/follow_eval.py", "bench/infer_bench.py", "bench/control_eval.py"):
+    for script in ("eval_audio.py", "bench/infer_bench.py", "bench/control_eval.py"):
         text = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True).stdout
         assert "--num-steps" in text and "--steps " not in text, script
         if script == "eval_audio.py":

@@ -28,16 +28,13 @@ import numpy as np
 from megactor.curation.config import CurationConfig
 from megactor.curation.face_filter import FaceFilter
 from megactor.curation.runner import Item, Step, shard_items
-from megactor.data.control import crop_and_resize, face_crop_box
+from megactor.data.control import syncnet_crop
 from megactor.data.face import lip_measures
 from megactor.data.shards import decode_audio, iter_frames, unpack_array
 from megactor.data.video_io import MediaError, fit_audio
-from megactor.metrics.lipsync import lip_sync
+from megactor.metrics.lipsync import sync_columns
 from megactor.metrics.syncnet import FPS as SYNCNET_FPS
 from megactor.metrics.syncnet import SyncNetScorer
-
-SYNCNET_CROP_SCALE = 0.4  # the reference pipeline's crop_scale: a square 1.4 x the face box, centred 0.2 x lower
-
 
 def audio_rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
@@ -60,23 +57,19 @@ def verdict_frames(fps: float, cfg: CurationConfig) -> int:
 
 def measure_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, cfg: CurationConfig) -> dict:
     """(T, K) lip signal (``sync_signal``; NaN where no face) and the clip's audio -> the weight-free scorer's
-    sync columns; ``audio_unverified`` for a clip shorter than ``verdict_frames``."""
+    sync columns (``metrics.lipsync.sync_columns``); ``audio_unverified`` for a clip shorter than
+    ``verdict_frames``."""
     if len(lips) < verdict_frames(fps, cfg):
         return {"sync_scorer": "lipsync", "sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None,
                 "audio_unverified": True,
                 "sync_error": f"{len(lips)} frames: a verdict needs {verdict_frames(fps, cfg)} at {fps:g} fps"}
-    try:
-        sync = lip_sync(lips, audio, sample_rate, fps, cfg.sync_search_frames)
-    except ValueError as e:  # too short, or no lips measured
-        return {"sync_scorer": "lipsync", "sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None,
-                "audio_unverified": False, "sync_error": str(e)}
-    return {"sync_scorer": "lipsync", "sync_score": sync.score, "sync_lag": sync.lag,
-            "sync_lag_ms": sync.lag * 1000.0 / fps, "audio_unverified": False}
+    return {"sync_scorer": "lipsync", **sync_columns(lips, audio, sample_rate, fps, cfg.sync_search_frames),
+            "audio_unverified": False}
 
 
 def face_crops(video: bytes, name: str, boxes: list, size: int = 224) -> np.ndarray:
     """(T, size, size, 3) face crops as SyncNet's reference pipeline cuts them around each frame's face box
-    (missing boxes take the nearest frame's), decoded one frame at a time."""
+    (missing boxes take the nearest frame's; ``data.control.syncnet_crop``), decoded one frame at a time."""
     known = [i for i, b in enumerate(boxes) if b is not None]
     if not known:
         raise ValueError(f"{name}: no face box to crop")
@@ -87,9 +80,7 @@ def face_crops(video: bytes, name: str, boxes: list, size: int = 224) -> np.ndar
         if i >= len(boxes):
             frames.close()
             break
-        box = np.asarray(boxes[int(nearest[np.abs(nearest - i).argmin()])], np.float64)
-        box[[1, 3]] += SYNCNET_CROP_SCALE / 2 * max(box[2] - box[0], box[3] - box[1])
-        crops.append(crop_and_resize(frame, face_crop_box(box, frame.shape[:2], SYNCNET_CROP_SCALE), size))
+        crops.append(syncnet_crop(frame, boxes[int(nearest[np.abs(nearest - i).argmin()])], size))
     return np.stack(crops)
 
 

@@ -109,6 +109,17 @@ def crop_and_resize(image: np.ndarray, box: np.ndarray, size: int, pad: str = "e
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
+SYNCNET_CROP_SCALE = 0.4  # SyncNet's reference pipeline's crop_scale: a square 1.4 x the face box, centred 0.2 x lower
+
+
+def syncnet_crop(frame: np.ndarray, box, size: int = 224) -> np.ndarray:
+    """(H, W, 3) frame and its face's (4,) box -> (size, size, 3): the face crop SyncNet's reference pipeline
+    cuts (``SYNCNET_CROP_SCALE``), edge-padded where it leaves the frame."""
+    box = np.asarray(box, np.float64).copy()
+    box[[1, 3]] += SYNCNET_CROP_SCALE / 2 * max(box[2] - box[0], box[3] - box[1])
+    return crop_and_resize(frame, face_crop_box(box, frame.shape[:2], SYNCNET_CROP_SCALE), size)
+
+
 def centre_matrix(matrix: np.ndarray) -> np.ndarray:
     """The same map in cv2's pixel-centre coordinates: x_c = x - 0.5."""
     out = np.array(matrix, np.float64)

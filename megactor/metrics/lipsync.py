@@ -250,3 +250,14 @@ def lip_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, 
     spread = corr.std()
     score = float((corr[best] - corr.mean()) / spread) if spread > 1e-12 else 0.0
     return SyncResult(score=score, lag=best - max_lag, correlations=corr)
+
+
+def sync_columns(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_lag: int = 25) -> dict:
+    """``lip_sync`` as table columns: "sync_score", "sync_lag" (video frames, > 0: the audio is late) and
+    "sync_lag_ms". A clip it cannot score (too short, no lips measured) reads a NaN score, no lag, and
+    "sync_error" saying why. The curation's audio filter and ``evaluate.py`` both score clips through this."""
+    try:
+        sync = lip_sync(lips, audio, sample_rate, fps, max_lag)
+    except ValueError as e:
+        return {"sync_score": float("nan"), "sync_lag": None, "sync_lag_ms": None, "sync_error": str(e)}
+    return {"sync_score": sync.score, "sync_lag": sync.lag, "sync_lag_ms": sync.lag * 1000.0 / fps}

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # floor of each top-level part of megactor, highest first (README "Layout")
 FLOORS = {
     "training": 4,
-    "animate": 3, "curation": 3,
+    "animate": 3, "curation": 3, "evaluation": 3,
     "diffusion": 2, "data": 2, "metrics": 2,
     "models": 1,
     "config": 0, "fileio": 0, "visualisation": 0,

@@ -203,17 +203,17 @@ def test_visual_only_clips_are_kept_marked_and_trained_visually(testcases, tmp_p
     frames, audio, fps = small_clip(clips[0], 192, 3.0)
     write_video(str(src / "talk.mp4"), frames, fps, audio)
     write_video(str(src / "silent_film.mp4"), small_clip(clips[1], 192, 2.5)[0], fps, None)
-    short, short_audio, _ = small_clip(clips[2], 192, 2.5)  # 75 frames: the lag search needs 2 x 25 + 30
+    short, short_audio, _ = small_clip(clips[2], 192, 1.5)  # 45 frames: the lag search needs 25 + 30
     write_video(str(src / "short_talk.mp4"), short, fps, short_audio)
     out = tmp_path / "out"
-    summary = curate(str(src), str(out), load_curation_config(["min_face_size=40"]))
+    summary = curate(str(src), str(out), load_curation_config(["min_face_size=40", "min_clip_seconds=1"]))
     table = pd.read_csv(out / "metrics.csv").set_index("source")
     assert table["kept"].all() and len(table) == 3
     assert not table.loc["silent_film.mp4", "has_audio"] and table.loc["talk.mp4", "has_audio"]
     assert np.isnan(table.loc["silent_film.mp4", "sync_score"])  # the sync filter skipped it
     assert table.loc["short_talk.mp4", "audio_unverified"] and not table.loc["talk.mp4", "audio_unverified"]
     short_row = table.loc["short_talk.mp4"]
-    assert np.isnan(short_row["sync_score"]) and "a verdict needs 80" in short_row["sync_error"]
+    assert np.isnan(short_row["sync_score"]) and "a verdict needs 55" in short_row["sync_error"]
     assert "too short for a sync verdict (kept, trained as visual-only): 1" in summary
     refs = {r.key.split("-")[0]: r for p in list_shards(str(out / "shards")) for r in index_shard(p)}
     assert refs["silent_film"].read_json()["has_audio"] is False and refs["talk"].read_json()["has_audio"] is True

@@ -120,16 +120,16 @@ def test_real_clips_lag_follows_shifted_audio_and_the_copy_is_dropped(real_talk,
 
 
 def test_a_clip_too_short_for_the_lag_search_gets_no_verdict(real_talk):
-    """75 frames at 30 fps cannot search +-25 lags with a second of overlap: not scored, not dropped, marked;
-    80 frames can."""
+    """54 frames at 30 fps cannot search +-25 lags with a second of overlap: not scored, not dropped, marked;
+    55 frames can."""
     cfg = CurationConfig()
     lips, audio, fps = real_talk["audio_CHTF_2.mp4"]
-    for frames, unverified in ((75, True), (80, False)):
+    for frames, unverified in ((54, True), (55, False)):
         record = {"has_audio": True, "audio_rms": 0.1,
                   **measure_sync(lips[:frames], audio[:int(frames / fps * SR)], SR, fps, cfg)}
         assert record["audio_unverified"] is unverified and bool(np.isnan(record["sync_score"])) is unverified
         if unverified:
-            assert sync_reason(record, cfg) is None and "needs 80" in record["sync_error"]
+            assert sync_reason(record, cfg) is None and "needs 55" in record["sync_error"]
 
 
 def test_mouth_components_follow_the_mouth_not_the_exposure():

@@ -50,9 +50,9 @@ def sync_signal(faces: dict) -> np.ndarray:
 
 def verdict_frames(fps: float, cfg: CurationConfig) -> int:
     """The fewest frames on which the weight-free scorer gives a verdict: every lag of +-``sync_search_frames``
-    searched with a second of overlap. A shorter clip searches fewer lags, so a shift near the range's end
-    could alias to an in-sync lag; its verdict would be a guess."""
-    return 2 * cfg.sync_search_frames + int(np.ceil(fps))
+    searched with a second of overlap (the overlap at lag L is T - |L| frames). A shorter clip searches fewer
+    lags, so a shift near the range's end could alias to an in-sync lag; its verdict would be a guess."""
+    return cfg.sync_search_frames + int(np.ceil(fps))
 
 
 def measure_sync(lips: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, cfg: CurationConfig) -> dict:

@@ -126,3 +126,18 @@ def test_windows_split_across_ranks_sum_to_the_single_process_prediction():
     split = [windowed_prediction(model_fn, latents, torch.tensor(10), windows, rank=r, world_size=3) for r in range(3)]
     assert torch.allclose(sum(split), single, atol=1e-6)
     assert all(not torch.allclose(s, single) for s in split)
+
+
+@pytest.mark.parametrize("name, guided_steps", [("inference.yaml", 10), ("inference_fast.yaml", 4)])
+def test_the_xl_presets_guide_as_many_steps_as_their_speed_was_measured_with(name, guided_steps):
+    """docs/benchmarks.md timed the xl presets with guidance at 10 of 25 DDIM steps and 4 of 10 DPM-Solver++
+    steps; the presets' interval must keep that count (which steps they are does not change the work)."""
+    from pathlib import Path
+
+    from megactor.config import InferenceConfig, load_config
+
+    cfg = load_config(InferenceConfig, str(Path(__file__).parents[1] / "configs/inference/megactor-sigma" / name))
+    scheduler = sampling_scheduler(cfg.scheduler, NoiseSchedulerConfig())
+    scheduler.set_timesteps(cfg.num_inference_steps)
+    schedule = GuidanceSchedule(True, True, 2.0, 2.0, interval=cfg.guidance.interval)
+    assert sum(schedule.guided(t) for t in scheduler.timesteps.tolist()) == guided_steps

@@ -169,8 +169,8 @@ def test_curate_keeps_the_real_clips(testcases, tmp_path):
 @pytest.mark.slow
 def test_faults_are_recorded_and_the_rest_processed(testcases, tmp_path):
     clips = sorted((testcases / "driver").glob("*.mp4"))
-    a, audio, fps = small_clip(clips[0], 192, 2.5)
-    b, _, _ = small_clip(clips[1], 192, 2.5)
+    a, audio, fps = small_clip(clips[0], 192, 4.0)  # long enough for a sync verdict to hold
+    b, _, _ = small_clip(clips[1], 192, 4.0)
     src = tmp_path / "in"
     write_video(str(src / "good.mp4"), a, fps, audio)
     data = (src / "good.mp4").read_bytes()

@@ -120,8 +120,8 @@ def test_real_clips_lag_follows_shifted_audio_and_the_copy_is_dropped(real_talk,
 
 
 def test_a_clip_too_short_for_the_lag_search_gets_no_verdict(real_talk):
-    """54 frames at 30 fps cannot search +-25 lags with a second of overlap: not scored, not dropped, marked;
-    55 frames can."""
+    """At 30 fps, 54 frames (lags searched up to +-12) are too few for a verdict: not scored, not dropped,
+    marked; 55 frames (``verdict_frames``: 25 + 30) are scored."""
     cfg = CurationConfig()
     lips, audio, fps = real_talk["audio_CHTF_2.mp4"]
     for frames, unverified in ((54, True), (55, False)):

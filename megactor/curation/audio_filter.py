@@ -11,8 +11,8 @@ for SyncNet), "sync_lag" (the best lag outside ``min_sync_lag_ms`` ...
 ``max_sync_lag_ms``), "head_pose" (yaw/pitch/roll beyond their limits),
 "motion" (faster than ``max_motion``). A visual-only clip (``has_audio`` false
 in its json) skips the audio reasons. A clip too short for a verdict of the
-weight-free scorer (``verdict_frames``: every lag of +-``sync_search_frames``
-with a second of overlap) is not scored and not dropped for its audio: it is
+weight-free scorer (``verdict_frames``: ``sync_search_frames`` plus a second)
+is not scored and not dropped for its audio: it is
 kept with ``audio_unverified`` true, and training uses it as it uses a
 visual-only clip (visual and undriven samples). Every threshold applies when
 the step assembles its shards. The kept clips are the pipeline's final shards.
@@ -49,9 +49,12 @@ def sync_signal(faces: dict) -> np.ndarray:
 
 
 def verdict_frames(fps: float, cfg: CurationConfig) -> int:
-    """The fewest frames on which the weight-free scorer gives a verdict: every lag of +-``sync_search_frames``
-    searched with a second of overlap (the overlap at lag L is T - |L| frames). A shorter clip searches fewer
-    lags, so a shift near the range's end could alias to an in-sync lag; its verdict would be a guess."""
+    """The fewest frames on which the weight-free scorer gives a verdict. ``lip_sync`` searches a clip of T
+    frames at lags up to +-(T - fps) / 2 (at most ``sync_search_frames``), so at this length it searches half
+    the configured range: +-12 frames at 25 fps with the default 25, beyond the widest lag the filter accepts
+    (+300 ms). The full range would need 2 x ``sync_search_frames`` + fps frames (75 at 25 fps), and would
+    make every 2-s clip, the quickstart's synthetic ones included, visual-only. On a shorter clip the search
+    ends inside or near the accepted window and a verdict would be a guess."""
     return cfg.sync_search_frames + int(np.ceil(fps))
 
 

@@ -30,7 +30,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from megactor.animate import Animator
-from megactor.config import PRESETS, AudioEncoderConfig, CodecConfig, ContextConfig, GuidanceConfig, InferenceConfig
+from megactor.config import (PRESETS, AudioEncoderConfig, CodecConfig, ContextConfig, GuidanceConfig, InferenceConfig,
+                             load_config)
 from megactor.data.video_io import read_video, write_video
 from megactor.diffusion.context import context_windows
 from megactor.models.audio_encoder import feature_shape, whisper_config, window_size
@@ -38,7 +39,8 @@ from megactor.models.fp8 import convert_to_fp8
 
 from model_bench import matmul_peak
 
-INTERVAL = [0.0, 0.4]  # the xl config's guidance.interval (the H200 table's rows ran [0.3, 0.7]: as many steps)
+XL_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "inference", "megactor-sigma", "inference.yaml")
+INTERVAL = list(load_config(InferenceConfig, XL_CONFIG).guidance.interval)  # the default's; the H200 table ran [0.3, 0.7]
 
 
 @dataclass

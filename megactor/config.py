@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -218,6 +218,9 @@ class TrainConfig:
     train_data: TrainDataConfig = field(default_factory=TrainDataConfig)
     trainable_modules: Optional[List[str]] = None  # groups or name regexes; None: stages.DEFAULT_TRAINABLE
     learning_rate: float = 1e-4
+    # group or name regex -> factor on learning_rate for the trainable parameters it matches, e.g. {audio: 10}:
+    # a zero-initialised branch that is new in this stage starts slower than the pretrained weights around it
+    learning_rate_multipliers: Dict[str, float] = field(default_factory=dict)
     lr_scheduler: str = "constant_with_warmup"
     lr_warmup_steps: int = 100
     adam_beta1: float = 0.9
@@ -257,6 +260,9 @@ def _schema_with_preset(schema_cls, preset: str, where: str) -> DictConfig:
         OmegaConf.set_struct(base, False)
         base.model = OmegaConf.structured(copy.deepcopy(PRESETS[preset]))
     OmegaConf.set_struct(base, True)
+    for f in fields(schema_cls):  # a mapping field's keys are the user's to choose (types are strings here)
+        if str(f.type).startswith("Dict["):
+            OmegaConf.set_struct(base[f.name], False)
     return base
 
 

@@ -5,10 +5,10 @@
 # loudly when it cuts a stage). Threads: one per idle core at the start, since with another job on the
 # cores two threads ran stage 1 about 4 times slower than one (docs/control.md).
 # It leaves runs/tiny/stage3/model, the checkpoint configs/inference/tiny/inference.yaml uses.
-#   bash scripts/quickstart.sh [--long | --gpu] [key=value ...]      (overrides go to every stage)
-#   --long: the longer CPU recipe (about 8000 / 3000 / 300 steps, under an hour on 2 cores)
-#   --gpu: the recipe for one GPU, where a larger batch costs little: stage 2 at batch 16 for 1500 steps (the
-#          smallest budget at which the audio branch was seen to start driving the mouth, docs/control.md)
+#   bash scripts/quickstart.sh [--long] [key=value ...]      (overrides go to every stage)
+#   --long: the longer recipe, for a GPU or an hour of 2 cores: stage 1 for 3500 steps, stage 2 at batch 16 for
+#           1500 steps (the smallest budget at which the audio branch was seen to drive the mouth) at LR 5e-4,
+#           stage 3 for 300 steps (docs/control.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GLOG_minloglevel=2  # MediaPipe's C++ logging
@@ -17,14 +17,12 @@ if [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # one thread per idle core: torch's th
     export OMP_NUM_THREADS
 fi
 echo "quickstart: OMP_NUM_THREADS=$OMP_NUM_THREADS"
-recipe=()  # per-stage overrides of --long or --gpu
+recipe=()  # per-stage overrides of --long
 if [[ "${1:-}" == "--long" ]]; then
     shift
-    recipe=("max_train_steps=8000 max_train_minutes=30" "max_train_steps=3000 max_train_minutes=25"
-          "max_train_steps=300 max_train_minutes=8")
-elif [[ "${1:-}" == "--gpu" ]]; then
-    shift
-    recipe=("" "max_train_steps=1500 train_batch_size=16 max_train_minutes=10" "max_train_steps=300 max_train_minutes=5")
+    recipe=("max_train_steps=3500 max_train_minutes=20"
+          "max_train_steps=1500 train_batch_size=16 learning_rate=5e-4 max_train_minutes=45"
+          "max_train_steps=300 max_train_minutes=10")
 fi
 python -m megactor.data.synthetic --out data/synthetic/clips --clips 192 --seconds 2 --size 96 --seed 0 --workers 2
 python data_processing/curate.py --input-dir data/synthetic/clips --output-dir data/synthetic/curated \

@@ -275,6 +275,29 @@ def test_the_default_trainable_modules_are_valid_in_every_stage():
         assert stage == 3 or not any(".temporal." in n for n in names)
 
 
+def test_a_learning_rate_multiplier_speeds_its_group_alone(shards, tmp_path):
+    """Two runs from the same weights and batches, one with the audio branch's learning rate x10: at the first
+    step, Adam moves each parameter by about its learning rate, so the audio parameters move about 10 times
+    as far and every other parameter exactly as far."""
+    moves = []
+    for extra in ([], ["learning_rate_multipliers={audio: 10.0}"]):
+        trainer = Trainer(config(2, shards, tmp_path / str(len(extra)), "lr_warmup_steps=0", "train_batch_size=2",
+                                 "train_data.use_audio_ratio=1.0", "train_data.use_both_ratio=0.0",
+                                 "train_data.uncond_ratio=0.0", *extra))
+        before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+        samples = iter(ClipDataset(trainer.cfg.train_data, seed=0, batch_size=2))
+        trainer.train_step([collate_clips([next(samples), next(samples)])])
+        moves.append({n: (p.detach() - before[n]).abs().max().item()
+                      for n, p in trainer.unwrapped.named_parameters() if n in before})
+    plain, fast = moves
+    audio_proj = "blocks.0.audio_attn.proj.weight"  # zero-initialised: the audio branch's first to get a gradient
+    assert fast[audio_proj] == pytest.approx(10 * plain[audio_proj], rel=0.05)
+    backbone = "blocks.0.attn.qkv.weight"
+    assert fast[backbone] == pytest.approx(plain[backbone], rel=1e-5)
+    with pytest.raises(ConfigError, match="learning_rate_multipliers entry 'temporal' matches no trainable"):
+        Trainer(config(2, shards, tmp_path / "bad", "learning_rate_multipliers={temporal: 2.0}"))
+
+
 def test_resume_latest_skips_a_corrupt_checkpoint_and_a_named_one_fails_in_one_line(shards, tmp_path, caplog):
     cfg = config(1, shards, tmp_path, "max_train_steps=2", "checkpointing_steps=1", "checkpoints_total_limit=5",
                  "train_batch_size=2")

@@ -3,7 +3,7 @@
 Each clip draws an identity (face shape, skin, hair, eye and lip colours, background),
 a speech-like track (syllables: formant-shaped harmonics of a gliding pitch under smooth
 envelopes, grouped into phrases separated by pauses), a mouth whose inner opening follows
-the audio envelope, random blinks and small smooth head motion. The faces are shaded and
+the audio envelope, eyes that narrow, widen and blink, and small smooth head motion. The faces are shaded and
 detailed enough (sclera, iris, pupil, brows, nose, lips, teeth, hair) for MediaPipe's face
 mesh to find them, so the curation pipeline and training can run end to end without real
 data. A sidecar json holds the per-frame ground truth and the generator's parameters, and a
@@ -133,16 +133,27 @@ def speech_audio(rng: np.random.Generator, seconds: float, f0: float,
 
 
 def blinks(rng: np.random.Generator, num_frames: int, fps: float) -> np.ndarray:
-    """(T,) eye openness in [0, 1]: a blink (0.2 s, closing fast) every 1.5-4.5 s."""
+    """(T,) eye openness in [0, 1]: a blink every 1.5-4.5 s, lasting 0.3 s as real ones do (the lids close in
+    0.1 s, stay shut for 0.05 s and reopen in 0.15 s), so that at 25 fps a blink spans 7 frames and is shut
+    in at least one."""
     open_ = np.ones(num_frames)
     t = np.arange(num_frames) / fps
     at = rng.uniform(0.3, 2.0)
     while at < t[-1]:
-        phase = (t - at) / 0.2  # 0..1 over the blink
-        inside = (phase >= 0) & (phase < 1)
-        open_[inside] = np.minimum(open_[inside], np.abs(np.cos(np.pi * phase[inside] ** 0.7)) ** 0.5)
+        shape = np.interp(t - at, [0.0, 0.1, 0.15, 0.3], [1.0, 0.0, 0.0, 1.0], left=1.0, right=1.0)
+        open_ = np.minimum(open_, shape)
         at += rng.uniform(1.5, 4.5)
     return open_
+
+
+def lid_aperture(rng: np.random.Generator, num_frames: int, fps: float) -> np.ndarray:
+    """(T,) how wide the eyes are held between blinks, 1 at rest: slow swings between a squint (about 0.65)
+    and wide eyes (about 1.2), as a talking face narrows and widens its eyes with what it says. Without it
+    the lids move only in blinks, a few frames in a hundred, and eye following could hardly be measured."""
+    t = np.arange(num_frames) / fps
+    freq, phase = rng.uniform(0.15, 0.6, 2), rng.uniform(0, 2 * np.pi, 2)
+    swing = (np.sin(2 * np.pi * freq[:, None] * t + phase[:, None]) * np.array([[0.6], [0.4]])).sum(0)  # [-1, 1]
+    return np.where(swing < 0, 1 + 0.35 * swing, 1 + 0.2 * swing)
 
 
 def head_motion(rng: np.random.Generator, num_frames: int, fps: float) -> np.ndarray:
@@ -341,7 +352,7 @@ def generate_clip(rng: np.random.Generator, seconds: float = 4.0, size: int = 12
     # the jaw follows the envelope, averaged over the frame period centred on each frame's time
     bounds = ((np.arange(num_frames + 1) - 0.5) / fps * AUDIO_RATE).astype(int).clip(0, len(envelope) - 1)
     gap = MAX_GAP * np.add.reduceat(envelope, bounds[:-1]) / np.maximum(np.diff(bounds), 1)  # (T,) face units
-    eye_open = blinks(rng, num_frames, fps)
+    eye_open = lid_aperture(rng, num_frames, fps) * blinks(rng, num_frames, fps)
     motion = head_motion(rng, num_frames, fps)  # (T, 3)
     renderer = HeadRenderer(identity, size)
     frames = np.stack([renderer.render(g, e, *m) for g, e, m in zip(gap, eye_open, motion)])

@@ -7,8 +7,8 @@ synthetic talking heads (``megactor.data.synthetic``), whose per-frame truth the
 - mouth: the spread (standard deviation) of the luma in a box around the mouth. An open mouth shows a
   dark cavity and bright teeth between the lips, a closed one lips only, so the spread grows with the
   opening whatever the skin tone.
-- eyes: the darkness of each eye's box, averaged over both: an open eye shows a dark iris and pupil
-  between the lids, a shut one the skin of the lid.
+- eyes: the darkness of the middle third of each eye's box, averaged over both: an open eye shows a dark
+  iris and pupil between the lids, a shut one the skin of the lid.
 - head: the shift of each frame against a reference frame of the same face (the translation that
   registers the luma inside the face's box), in pixels.
 - identity: whether a frame's colour layout (a coarse grid of mean colours: hair, skin, background) is
@@ -49,11 +49,14 @@ def mouth_opening(frames: np.ndarray, mouth_boxes: np.ndarray) -> np.ndarray:
 
 
 def eye_opening(frames: np.ndarray, eye_boxes: np.ndarray) -> np.ndarray:
-    """(T, S, S, 3), (T, 2, 4) -> (T,): the lid gap as the darkness (255 - mean luma) of the eye boxes,
-    averaged over both eyes (arbitrary units): the open eye's iris and pupil are darker than the skin of a
-    shut lid. At 64 pixels an eye is about 4 pixels tall, so the measure is weaker than the mouth's (its
-    ceiling in the test is lower)."""
-    boxes = np.asarray(eye_boxes, np.float64)
+    """(T, S, S, 3), (T, 2, 4) -> (T,): the lid gap as the darkness (255 - mean luma) of the middle third of
+    each eye box, where iris and pupil sit, averaged over both eyes (arbitrary units): the lids uncover them
+    as they open, and a shut lid shows skin. The box's outer thirds, sclera and corners, change little with
+    the gap and add noise (on aligned drivers the whole box scored 0.73, the middle third 0.85)."""
+    boxes = np.asarray(eye_boxes, np.float64).copy()
+    third = (boxes[..., 2] - boxes[..., 0]) / 3
+    boxes[..., 0] += third
+    boxes[..., 2] -= third
     out = np.full(len(frames), np.nan)
     for t, (frame, frame_boxes) in enumerate(zip(frames, boxes)):
         means = [p.mean() if p.size else np.nan for p in (_box_pixels(frame, b) for b in frame_boxes)]

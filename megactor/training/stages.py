@@ -47,6 +47,32 @@ def bypassed_groups(stage: int) -> List[str]:
     return [g for g, on in (("audio", uses_audio(stage)), ("temporal", uses_temporal(stage))) if not on]
 
 
+def parameter_groups(model: nn.Module, learning_rate: float, multipliers: Dict[str, float],
+                     where: str = "config") -> List[dict]:
+    """The optimizer's parameter groups: the trainable parameters each multiplier's entry (a group name or a
+    regex, as in `trainable_modules`) matches at ``learning_rate`` times its factor, the rest at
+    ``learning_rate``. A parameter matched by two entries is an error, as is an entry matching no trainable one."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    taken: Dict[str, str] = {}
+    groups = []
+    for entry, factor in multipliers.items():
+        if factor <= 0:
+            raise ConfigError(f"{where}: learning_rate_multipliers.{entry}={factor}: a factor must be > 0")
+        pattern = re.compile(MODULE_GROUPS.get(entry, entry))
+        matched = [(n, p) for n, p in trainable if pattern.search(n)]
+        if not matched:
+            raise ConfigError(f"{where}: learning_rate_multipliers entry {entry!r} matches no trainable parameter "
+                              f"of this stage (groups: {sorted(MODULE_GROUPS)})")
+        for n, _ in matched:
+            if n in taken:
+                raise ConfigError(f"{where}: learning_rate_multipliers entries {taken[n]!r} and {entry!r} both "
+                                  f"match {n!r}")
+            taken[n] = entry
+        groups.append({"params": [p for _, p in matched], "lr": learning_rate * factor, "name": entry})
+    rest = [p for n, p in trainable if n not in taken]
+    return ([{"params": rest, "lr": learning_rate, "name": "default"}] if rest else []) + groups
+
+
 def select_trainable(model: nn.Module, trainable_modules: Optional[Sequence[str]], stage: int,
                      where: str = "config") -> List[str]:
     """Set requires_grad by `trainable_modules` (None: the stage's DEFAULT_TRAINABLE); return the trainable names.

@@ -37,7 +37,7 @@ from ..models import SigmaDiT, WhisperAudioEncoder, build_codec, build_sigma_dit
 from ..models.audio_encoder import gather_windows, num_features, window_indices
 from ..models.loading import WEIGHTS_NAME, load_noise_schedule
 from . import checkpoint as ckpt
-from .stages import select_trainable, uses_audio, uses_temporal
+from .stages import parameter_groups, select_trainable, uses_audio, uses_temporal
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class Trainer:
         self.audio_encoder = (WhisperAudioEncoder(cfg.model.audio_encoder).to(self.device, frozen_dtype)
                               if uses_audio(cfg.stage) else None)
         self.noise_scheduler = training_scheduler(cfg.noise_scheduler_kwargs)
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        groups = parameter_groups(model, cfg.learning_rate, dict(cfg.learning_rate_multipliers), where)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                            weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_train_steps)

@@ -1,11 +1,11 @@
 """The three training stages ("modality decoupling") and which parameters each trains.
 
-| stage | frames | modes (visual / audio / both) | trains (default)                     |
-| 1     | 1      | 1 / 0 / 0                     | backbone, reference_net, patch_embed |
-| 2     | 8      | 0.25 / 0.75 / 0               | audio, backbone  (temporal layers off)|
-| 3     | 16     | 0.3 / 0.5 / 0.2               | temporal                             |
+| stage | trains (default)                       | runs                        |
+| 1     | backbone, reference_net, patch_embed   | one frame, no audio         |
+| 2     | audio, backbone                        | clips, temporal layers off  |
+| 3     | temporal                               | clips, every branch         |
 
-Frame counts and ratios live in the stage configs; this module knows what the
+Frame counts and mode ratios live in the stage configs; this module knows what the
 model runs in each stage and maps `trainable_modules` entries to parameters.
 An entry is a group name below or a regular expression searched in parameter names.
 """

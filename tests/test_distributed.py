@@ -23,7 +23,9 @@ LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return curated_synthetic_shards(tmp_path_factory.mktemp("synthetic"), clips=4, seed=2)
+    """At least 4 curated samples (the curation may drop some of the 6): one process's batch of 4 and two
+    processes' batches of 2 are then the same 4 samples of epoch 0 (dataset.py)."""
+    return curated_synthetic_shards(tmp_path_factory.mktemp("synthetic"), clips=6, seed=2)
 
 
 def _run(args, cwd):

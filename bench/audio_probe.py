@@ -35,7 +35,7 @@ from megactor.config import ModelConfig, NoiseSchedulerConfig
 from megactor.data.video_io import read_video
 from megactor.diffusion.schedulers import training_scheduler, training_target
 from megactor.models import SigmaDiT, WhisperAudioEncoder, build_codec, from_pretrained, gather_windows, window_indices
-from megactor.models.audio_encoder import num_features
+from megactor.models.audio_encoder import content_share, num_features
 
 
 def clip_windows(encoder: WhisperAudioEncoder, audio: np.ndarray, num_frames: int, fps: float,
@@ -62,14 +62,6 @@ def probe(inputs: list[np.ndarray], targets: list[np.ndarray]) -> float:
         model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((train_x - mean) / std, train_y)
         preds.append(model.predict((inputs[k] - mean) / std))
     return float(np.corrcoef(np.concatenate(preds), np.concatenate(targets))[0, 1])
-
-
-def content_share(encoder: WhisperAudioEncoder, audio: np.ndarray) -> list[float]:
-    """Per encoder layer, std over time of (features of `audio` - features of silence) / std of silence's."""
-    feats = encoder([audio, np.zeros_like(audio)])[:, :num_features(len(audio))]  # (2, n, L+1, d)
-    content = (feats[0] - feats[1]).std(0).mean(-1)
-    position = feats[1].std(0).mean(-1)
-    return (content / position).tolist()
 
 
 def gradient_norms(model: SigmaDiT, frames: np.ndarray, windows: torch.Tensor, frames_per_sample: int = 8) -> dict:
@@ -122,7 +114,7 @@ def main():
     print("| features | dims | held-out correlation |\n|---|---:|---:|")
     for name, xs in feats.items():
         print(f"| {name} | {xs[0].shape[1]} | {probe(xs, targets):.2f} |")
-    shares = np.mean([content_share(encoder, read_video(p).audio) for p in paths], axis=0)
+    shares = np.mean([content_share(encoder, read_video(p).audio).tolist() for p in paths], axis=0)
     print("\ncontent against position (std over time of speech - silence features, over silence's), per layer")
     print("| layer | " + " | ".join(str(i) for i in range(len(shares))) + " |\n|---|" + "---:|" * len(shares))
     print("| share | " + " | ".join(f"{v:.3f}" for v in shares) + " |")

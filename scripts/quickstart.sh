@@ -17,20 +17,20 @@ if [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # one thread per idle core: torch's th
     export OMP_NUM_THREADS
 fi
 echo "quickstart: OMP_NUM_THREADS=$OMP_NUM_THREADS"
-recipe=()  # per-stage overrides of --long
+long=()
 if [[ "${1:-}" == "--long" ]]; then
     shift
-    recipe=("max_train_steps=3500 max_train_minutes=20"
-          "max_train_steps=1500 train_batch_size=16 learning_rate=5e-4 max_train_minutes=45"
-          "max_train_steps=300 max_train_minutes=10")
+    long=("max_train_steps=3500 max_train_minutes=20"
+        "max_train_steps=1500 train_batch_size=16 learning_rate=5e-4 max_train_minutes=45"
+        "max_train_steps=300 max_train_minutes=10")
 fi
 python -m megactor.data.synthetic --out data/synthetic/clips --clips 192 --seconds 2 --size 96 --seed 0 --workers 2
 python data_processing/curate.py --input-dir data/synthetic/clips --output-dir data/synthetic/curated \
     --workers 2 min_face_size=24
 python -m megactor.data.synthetic --out data/synthetic/heldout --clips 8 --seconds 4 --size 96 --seed 1000 --workers 2
 for stage in 1 2 3; do
-    # shellcheck disable=SC2206  # the recipe overrides split into their key=value words
-    extra=(${recipe[$((stage - 1))]:-})
+    # shellcheck disable=SC2206  # the --long overrides split into their key=value words
+    extra=(${long[$((stage - 1))]:-})
     python train.py --config "configs/train/tiny/train_stage$stage.yaml" "${extra[@]}" "$@"
 done
 echo "done: runs/tiny/stage3/model. Measure it: python bench/control_eval.py --config configs/inference/tiny/inference.yaml --clips data/synthetic/heldout --json control.json"

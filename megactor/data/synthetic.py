@@ -133,9 +133,9 @@ def speech_audio(rng: np.random.Generator, seconds: float, f0: float,
 
 
 def blinks(rng: np.random.Generator, num_frames: int, fps: float) -> np.ndarray:
-    """(T,) eye openness in [0, 1]: a blink every 1.5-4.5 s, lasting 0.3 s as real ones do (the lids close in
-    0.1 s, stay shut for 0.05 s and reopen in 0.15 s), so that at 25 fps a blink spans 7 frames and is shut
-    in at least one."""
+    """(T,) eye openness in [0, 1]: a blink every 1.5-4.5 s, lasting 0.3 s (real blinks last 0.1-0.4 s): the lids
+    close in 0.1 s, stay shut for 0.05 s and reopen in 0.15 s, so that at 25 fps a blink spans 7 frames and is
+    shut in at least one."""
     open_ = np.ones(num_frames)
     t = np.arange(num_frames) / fps
     at = rng.uniform(0.3, 2.0)

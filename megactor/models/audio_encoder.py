@@ -142,3 +142,14 @@ class WhisperAudioEncoder(nn.Module):
             hidden = self.encoder(mel.to(device, dtype), output_hidden_states=True).hidden_states
             chunks.append(torch.stack(hidden, dim=2))  # (B, 1500, L+1, d)
         return torch.cat(chunks, dim=1)[:, : num_features(longest)]
+
+
+@torch.no_grad()
+def content_share(encoder: WhisperAudioEncoder, audio: np.ndarray) -> torch.Tensor:
+    """(L+1,): per layer, how much the sound moves the features against how much Whisper's position table does:
+    the std over time of (features of ``audio`` - features of silence), over the std of silence's features.
+    A random encoder with transformers' std-0.02 init scores 0.025 (``init_stem`` fixes it); a network reading
+    such features learns position, not sound. Checked in tests/test_models.py and printed by bench/audio_probe.py."""
+    feats = encoder([audio, np.zeros_like(audio)])[:, :num_features(len(audio))]  # (2, n, L+1, d)
+    return (feats[0] - feats[1]).std(0).mean(-1) / feats[1].std(0).mean(-1)
+

@@ -6,9 +6,9 @@
 # cores two threads ran stage 1 about 4 times slower than one (docs/control.md).
 # It leaves runs/tiny/stage3/model, the checkpoint configs/inference/tiny/inference.yaml uses.
 #   bash scripts/quickstart.sh [--long] [key=value ...]      (overrides go to every stage)
-#   --long: the longer recipe, for a GPU or an hour of 2 cores: stage 1 for 3500 steps, stage 2 at batch 16 for
-#           1500 steps (the smallest budget at which the audio branch was seen to drive the mouth) at LR 5e-4,
-#           stage 3 for 300 steps (docs/control.md)
+#   --long: the longer recipe, for a GPU or an hour of 2 cores: stage 1 for 3500 steps, stage 2 for 1500 steps
+#           of 16 clips of 2 frames at LR 5e-4 (20/30/40/10 visual/audio/both/undriven), stage 3 for 300 steps;
+#           ten times the frames of the quickstart's stage 2, for more audio and less leak (docs/control.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GLOG_minloglevel=2  # MediaPipe's C++ logging
@@ -21,7 +21,8 @@ long=()
 if [[ "${1:-}" == "--long" ]]; then
     shift
     long=("max_train_steps=3500 max_train_minutes=20"
-        "max_train_steps=1500 train_batch_size=16 learning_rate=5e-4 max_train_minutes=45"
+        "max_train_steps=1500 train_batch_size=16 train_data.video_length=2 learning_rate=5e-4 lr_warmup_steps=20
+         train_data.use_audio_ratio=0.3 train_data.use_both_ratio=0.4 max_train_minutes=45"
         "max_train_steps=300 max_train_minutes=10")
 fi
 python -m megactor.data.synthetic --out data/synthetic/clips --clips 192 --seconds 2 --size 96 --seed 0 --workers 2

@@ -22,7 +22,7 @@ if [[ "${1:-}" == "--long" ]]; then
     shift
     long=("max_train_steps=3500 max_train_minutes=20"
         "max_train_steps=1500 train_batch_size=16 train_data.video_length=2 learning_rate=5e-4 lr_warmup_steps=20
-         train_data.use_audio_ratio=0.3 train_data.use_both_ratio=0.4 max_train_minutes=45"
+         train_data.use_audio_ratio=0.3 max_train_minutes=45"
         "max_train_steps=300 max_train_minutes=10")
 fi
 python -m megactor.data.synthetic --out data/synthetic/clips --clips 192 --seconds 2 --size 96 --seed 0 --workers 2

@@ -278,6 +278,14 @@ def quiet_native_logs() -> Iterator[None]:
             os.close(devnull)
 
 
+def _opened(graph: SolutionBase) -> SolutionBase:
+    """Wait until the graph's calculators have opened. SolutionBase starts its run (at construction and in
+    ``reset``) without waiting, and the calculators log as they open, on MediaPipe's threads: unwaited, a line
+    could reach file descriptor 2 after ``quiet_native_logs`` had given it back."""
+    graph._graph.wait_until_idle()  # the CalculatorGraph; SolutionBase's own process() waits on it the same way
+    return graph
+
+
 class MediaPipeFaceAnalyser(FaceAnalyser):
     """MediaPipe's legacy face mesh (BlazeFace short-range detector + 468-point mesh).
 
@@ -298,7 +306,7 @@ class MediaPipeFaceAnalyser(FaceAnalyser):
     def _graph(self, static: bool) -> SolutionBase:
         if static not in self._graphs:
             with quiet_native_logs():
-                self._graphs[static] = self._new_graph(static)
+                self._graphs[static] = _opened(self._new_graph(static))
         return self._graphs[static]
 
     def _new_graph(self, static: bool) -> SolutionBase:
@@ -349,6 +357,7 @@ class MediaPipeFaceAnalyser(FaceAnalyser):
         graph = self._graph(static=False)
         with quiet_native_logs():  # per call: the consumer runs between frames, its own stderr intact
             graph.reset()  # no tracking state carried over from another clip
+            _opened(graph)
         previous: list[Face] = []
         for frame in frames:
             frame = _check_image(frame, "frames")

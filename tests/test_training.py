@@ -55,6 +55,41 @@ def test_three_stages_chain_each_loading_the_last(shards, tmp_path):
     assert (tmp_path / "stage3" / "tensorboard").is_dir()
 
 
+def _stage_yaml(tmp_path: Path, stage: int, shards: str, **keys) -> str:
+    lines = [f"base: {CONFIGS / f'train_stage{stage}.yaml'}", f"output_dir: {tmp_path / f'stage{stage}'}",
+             f"train_data: {{data_dirs: [{shards}], num_workers: 0}}", "max_train_steps: 3", "train_batch_size: 2",
+             "lr_warmup_steps: 0", *(f"{k}: {v}" for k, v in keys.items())]
+    path = tmp_path / f"stage{stage}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_train_py_runs_several_stages_in_one_process_sharing_the_decoded_clips(shards, tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    caches = []
+    built = Trainer.__init__
+
+    def recording(self, *args, **kwargs):
+        built(self, *args, **kwargs)
+        caches.append(self.frame_cache)
+
+    monkeypatch.setattr(Trainer, "__init__", recording)
+    first = _stage_yaml(tmp_path, 1, shards)
+    second = _stage_yaml(tmp_path, 2, shards, init_checkpoint=tmp_path / "stage1" / "model")
+    typo = _stage_yaml(tmp_path, 3, shards, max_train_stepz=3)
+    assert train.main(["--config", first, second, typo]) == 2  # every config is read before any stage trains
+    assert not (tmp_path / "stage1").exists() and not caches
+
+    assert train.main(["--config", first, second, "checkpointing_steps=1000"]) == 0
+    stage1 = load_file(tmp_path / "stage1" / "model" / "model.safetensors")
+    stage2 = load_file(tmp_path / "stage2" / "model" / "model.safetensors")
+    assert torch.equal(stage1["reference_net.blocks.0.attn.qkv.weight"], stage2["reference_net.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(stage1["blocks.0.attn.qkv.weight"], stage2["blocks.0.attn.qkv.weight"])  # stage 2 trained
+    assert len(caches) == 2 and caches[0] is caches[1] and caches[0].clips  # stage 2 read stage 1's decoded clips
+
+
 def test_steps_change_trainable_parameters_only(shards, tmp_path):
     trainer = Trainer(config(2, shards, tmp_path, "max_train_steps=4", "train_batch_size=2", "lr_warmup_steps=0"))
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}

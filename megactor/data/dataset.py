@@ -244,14 +244,16 @@ class ClipDataset(IterableDataset):
     """
 
     def __init__(self, cfg: TrainDataConfig, seed: int, rank: int = 0, world_size: int = 1,
-                 batch_size: int = 1, skip_batches: int = 0, with_audio: bool = True):
+                 batch_size: int = 1, skip_batches: int = 0, with_audio: bool = True,
+                 frame_cache: Optional[FrameCache] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.cfg, self.seed = cfg, seed
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.skip_batches = batch_size, skip_batches
         self.with_audio = with_audio  # False: "audio" is empty (a stage without the audio branch skips its decoding)
-        self.cache = FrameCache(cfg.frame_cache_mb << 20) if cfg.frame_cache_mb > 0 else None
+        # frame_cache: one shared with an earlier stage's data set (train.py's several --config), else our own
+        self.cache = frame_cache or (FrameCache(cfg.frame_cache_mb << 20) if cfg.frame_cache_mb > 0 else None)
         shards = []
         for folder in cfg.data_dirs:
             found = data_dir_shards(folder)

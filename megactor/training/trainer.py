@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
-from ..data.dataset import ClipDataset, collate_clips
+from ..data.dataset import ClipDataset, FrameCache, collate_clips
 from ..data.shards import data_dir_shards
 from ..diffusion.schedulers import schedule_mismatch, training_scheduler, training_target
 from ..fileio import load_named, remove_stale_temporaries
@@ -64,9 +64,14 @@ def check_paths(cfg: TrainConfig, where: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, where: str = "config"):
+    def __init__(self, cfg: TrainConfig, where: str = "config", frame_cache: Optional[FrameCache] = None):
+        """frame_cache: the decoded clips of an earlier stage in this process (train.py's several --config), reused
+        when this stage reads the same clips the same way; otherwise one of train_data.frame_cache_mb."""
         check_paths(cfg, where)
         self.cfg = cfg
+        budget = cfg.train_data.frame_cache_mb << 20
+        self.frame_cache = (frame_cache if frame_cache is not None and frame_cache.max_bytes == budget
+                            else FrameCache(budget) if budget else None)
         on_gpu = torch.cuda.is_available()
         precision = cfg.mixed_precision_dtype if cfg.mixed_precision_training and on_gpu else "no"
         self.accelerator = Accelerator(mixed_precision=precision, cpu=not on_gpu, log_with="tensorboard",
@@ -85,7 +90,7 @@ class Trainer:
         self.noise_scheduler = training_scheduler(cfg.noise_scheduler_kwargs)
         groups = parameter_groups(model, cfg.learning_rate, dict(cfg.learning_rate_multipliers), where)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+                                           weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon, fused=True)
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_train_steps)
         self.ema = EMAModel(params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
@@ -330,7 +335,7 @@ class Trainer:
                         sum(p.numel() for p in self.params))
         dataset = ClipDataset(cfg.train_data, seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes,
                               batch_size=cfg.train_batch_size, skip_batches=self.batches_seen,
-                              with_audio=self.audio_encoder is not None)
+                              with_audio=self.audio_encoder is not None, frame_cache=self.frame_cache)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.train_batch_size, num_workers=cfg.train_data.num_workers,
             collate_fn=collate_clips, pin_memory=self.device.type == "cuda",

@@ -233,6 +233,15 @@ class FrameCache:
         return frames
 
 
+def frame_cache_for(cfg: TrainDataConfig, shared: Optional[FrameCache] = None) -> Optional[FrameCache]:
+    """The decoded-clip cache a data set of ``cfg`` reads through: ``shared`` (an earlier stage's in this process,
+    train.py's several --config) when its budget is ``cfg.frame_cache_mb``, else a new one (None at 0 MB)."""
+    budget = cfg.frame_cache_mb << 20
+    if shared is not None and shared.max_bytes == budget:
+        return shared
+    return FrameCache(budget) if budget else None
+
+
 class ClipDataset(IterableDataset):
     """Endless stream of training samples from the shards under ``cfg.data_dirs`` (see the module docstring).
 
@@ -252,8 +261,7 @@ class ClipDataset(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.skip_batches = batch_size, skip_batches
         self.with_audio = with_audio  # False: "audio" is empty (a stage without the audio branch skips its decoding)
-        # frame_cache: one shared with an earlier stage's data set (train.py's several --config), else our own
-        self.cache = frame_cache or (FrameCache(cfg.frame_cache_mb << 20) if cfg.frame_cache_mb > 0 else None)
+        self.cache = frame_cache_for(cfg, frame_cache)
         shards = []
         for folder in cfg.data_dirs:
             found = data_dir_shards(folder)

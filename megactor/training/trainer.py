@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
-from ..data.dataset import ClipDataset, FrameCache, collate_clips
+from ..data.dataset import ClipDataset, FrameCache, collate_clips, frame_cache_for
 from ..data.shards import data_dir_shards
 from ..diffusion.schedulers import schedule_mismatch, training_scheduler, training_target
 from ..fileio import load_named, remove_stale_temporaries
@@ -66,12 +66,10 @@ def check_paths(cfg: TrainConfig, where: str) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, where: str = "config", frame_cache: Optional[FrameCache] = None):
         """frame_cache: the decoded clips of an earlier stage in this process (train.py's several --config), reused
-        when this stage reads the same clips the same way; otherwise one of train_data.frame_cache_mb."""
+        when its budget is this stage's (dataset.frame_cache_for)."""
         check_paths(cfg, where)
         self.cfg = cfg
-        budget = cfg.train_data.frame_cache_mb << 20
-        self.frame_cache = (frame_cache if frame_cache is not None and frame_cache.max_bytes == budget
-                            else FrameCache(budget) if budget else None)
+        self.frame_cache = frame_cache_for(cfg.train_data, frame_cache)
         on_gpu = torch.cuda.is_available()
         precision = cfg.mixed_precision_dtype if cfg.mixed_precision_training and on_gpu else "no"
         self.accelerator = Accelerator(mixed_precision=precision, cpu=not on_gpu, log_with="tensorboard",

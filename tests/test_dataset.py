@@ -179,12 +179,15 @@ def test_augmentation_changes_only_the_control(shard_dir):
     still = AugmentConfig(affine_prob=0.0, max_rotate=0.0, max_scale=0.0, max_translate=0.0, color_jitter=0.0)
     strong = AugmentConfig(affine_prob=1.0, max_rotate=10.0, max_scale=0.2, max_translate=0.05, color_jitter=0.5)
     kw = dict(use_audio_ratio=0.0, use_both_ratio=0.0, uncond_ratio=0.0)
-    a = take(ClipDataset(config(shard_dir, augmentation=still, **kw), seed=2), 1)[0]
-    b = take(ClipDataset(config(shard_dir, augmentation=strong, **kw), seed=2), 1)[0]
-    assert a["key"] == b["key"] and torch.equal(a["pixel_values"], b["pixel_values"])
-    assert torch.equal(a["reference"], b["reference"])
-    shown = (a["control"] > -1) | (b["control"] > -1)
-    assert (a["control"] - b["control"]).abs()[shown].mean() > 0.1
+    changes = []
+    for a, b in zip(take(ClipDataset(config(shard_dir, augmentation=still, **kw), seed=2), 6),
+                    take(ClipDataset(config(shard_dir, augmentation=strong, **kw), seed=2), 6)):
+        assert a["key"] == b["key"] and torch.equal(a["pixel_values"], b["pixel_values"])
+        assert torch.equal(a["reference"], b["reference"])
+        shown = (a["control"] > -1) | (b["control"] > -1)
+        changes.append(float((a["control"] - b["control"]).abs()[shown].mean()))
+    # One small random draw changes a control by as little as 0.09; six of them average 0.3-0.5 across seeds.
+    assert np.mean(changes) > 0.15, np.round(changes, 3)
 
 
 def test_control_parts_lie_on_the_target_frames_parts(shard_dir):

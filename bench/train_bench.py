@@ -30,6 +30,7 @@ def random_batch(cfg: TrainConfig, seconds: float = 5.0, fps: float = 25.0):
     return {
         "pixel_values": torch.rand(b, 3, f, s, s) * 2 - 1, "control": torch.rand(b, 3, f, s, s) * 2 - 1,
         "reference": torch.rand(b, 3, s, s) * 2 - 1,
+        "face_parts": (torch.rand(b, f, s, s) < 0.1).to(torch.uint8),
         "use_visual": torch.ones(b), "use_audio": torch.ones(b),
         "audio": torch.randn(b, n) * 0.1, "audio_lengths": torch.full((b,), n),
         "frame_indices": torch.arange(f).repeat(b, 1), "fps": torch.full((b,), fps),

@@ -142,7 +142,8 @@ class TrainDataConfig:
     ref_min_distance: int = 8  # the reference frame is at least this many frames from the clip
     crop_margin: float = 0.6  # face-centred square: box side * (1 + margin)
     num_workers: int = 2
-    frame_cache_mb: int = 0  # keep decoded clips in memory up to this size, per loading process (0: decode each time)
+    # keep decoded clips (frames and audio) in memory up to this size, per loading process (0: decode each time)
+    frame_cache_mb: int = 0
     audio_cache_mb: int = 256  # keep each clip's Whisper features (frozen, so exact) up to this size (0: encode each step)
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
 

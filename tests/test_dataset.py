@@ -135,13 +135,15 @@ def test_frame_cache_gives_the_same_samples_within_its_budget(shard_dir):
         assert a["key"] == b["key"]
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
     cache = cached_ds.cache
-    assert len(cache.clips) == 11 and cache.bytes == sum(f.nbytes for f in cache.clips.values())
+    kinds = sorted({what for what, _ in cache.entries})
+    assert kinds == ["audio@16000", "frames", "json", "landmarks"] and len(cache.entries) == 4 * 11
+    assert cache.bytes == sum(cache.sizes.values()) and cache.sizes.keys() == cache.entries.keys()
     ref = cached_ds.samples[0]
-    small = FrameCache(max_bytes=int(2.5 * cache.clips[f"{ref.shard}:{ref.key}"].nbytes))  # room for two clips
+    small = FrameCache(max_bytes=int(2.5 * cache.entries["frames", f"{ref.shard}:{ref.key}"].nbytes))  # two clips
     reads = []
     for key in ("a", "b", "a", "c", "a"):  # the least recently used goes first: b, when c comes
         small.frames(key, lambda: reads.append(key) or ref.read("mp4"))
-    assert reads == ["a", "b", "c"] and list(small.clips) == ["c", "a"] and small.bytes <= small.max_bytes
+    assert reads == ["a", "b", "c"] and [k for _, k in small.entries] == ["c", "a"] and small.bytes <= small.max_bytes
 
 
 def test_corrupt_samples_are_skipped_and_counted(shard_dir, tmp_path, caplog):

@@ -88,7 +88,7 @@ def test_train_py_runs_several_stages_in_one_process_sharing_the_decoded_clips(s
     frozen = "reference_net.blocks.0.attn.qkv.weight"  # stage 2 starts from stage 1's export ...
     assert torch.equal(stage1[frozen], stage2[frozen])
     assert not torch.equal(stage1["blocks.0.attn.qkv.weight"], stage2["blocks.0.attn.qkv.weight"])  # ... and trains
-    assert len(caches) == 2 and caches[0] is caches[1] and caches[0].clips  # stage 2 read stage 1's decoded clips
+    assert len(caches) == 2 and caches[0] is caches[1] and caches[0].entries  # stage 2 read stage 1's decoded clips
 
 
 def test_steps_change_trainable_parameters_only(shards, tmp_path):

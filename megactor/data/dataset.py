@@ -74,7 +74,7 @@ import math
 import os
 from collections import OrderedDict
 from itertools import count
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -209,28 +209,49 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 class FrameCache:
-    """Decoded clips, (T, H, W, 3) uint8 each, kept up to ``max_bytes``; the least recently used go first.
+    """Decoded clips: their frames (T, H, W, 3) uint8, audio tracks (S,) float32, json records and landmarks,
+    kept up to ``max_bytes`` in all; the least recently used go first.
 
-    Small data sets are read for many epochs: decoding each clip once saves most of a sample's loading time.
+    Small data sets are read for many epochs: decoding each clip once saves most of a sample's loading time
+    (an audio track costs as much to decode as a clip's 50 small frames, its json and landmarks a third of that).
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes = max_bytes, 0
-        self.clips: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.entries: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (what, clip name) -> decoded
+        self.sizes: dict[tuple[str, str], int] = {}
 
     def frames(self, key: str, read) -> np.ndarray:
         """The frames of clip ``key`` (its name in errors); on a miss, ``read()`` gives its video bytes to decode."""
-        if key in self.clips:
-            self.clips.move_to_end(key)
-            return self.clips[key]
-        frames, _ = decode_frames(read(), key)
-        frames.flags.writeable = False  # shared by every sample of the clip
-        if frames.nbytes <= self.max_bytes:
-            self.clips[key] = frames
-            self.bytes += frames.nbytes
+        return self._get(("frames", key), lambda: decode_frames(read(), key)[0])
+
+    def audio(self, key: str, read, sample_rate: int) -> np.ndarray:
+        """The audio track of clip ``key`` at ``sample_rate``, decoded from ``read()``'s bytes on a miss."""
+        return self._get((f"audio@{sample_rate}", key), lambda: decode_audio(read(), key, sample_rate))
+
+    def record(self, key: str, read_json, nbytes: int) -> dict:
+        """The json record of clip ``key`` (``nbytes`` long), from ``read_json()`` on a miss. Shared: never change it."""
+        return self._get(("json", key), read_json, lambda _: nbytes)
+
+    def landmarks(self, key: str, unpack) -> np.ndarray:
+        """The landmarks (T, N, 2) of clip ``key``, from ``unpack()`` on a miss."""
+        return self._get(("landmarks", key), unpack)
+
+    def _get(self, entry: tuple[str, str], decode, size=lambda value: value.nbytes):
+        if entry in self.entries:
+            self.entries.move_to_end(entry)
+            return self.entries[entry]
+        value = decode()
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False  # shared by every sample of the clip
+        nbytes = size(value)
+        if nbytes <= self.max_bytes:
+            self.entries[entry], self.sizes[entry] = value, nbytes
+            self.bytes += nbytes
             while self.bytes > self.max_bytes:
-                self.bytes -= self.clips.popitem(last=False)[1].nbytes
-        return frames
+                old, _ = self.entries.popitem(last=False)
+                self.bytes -= self.sizes.pop(old)
+        return value
 
 
 def frame_cache_for(cfg: TrainDataConfig, shared: Optional[FrameCache] = None) -> Optional[FrameCache]:
@@ -336,7 +357,8 @@ class ClipDataset(IterableDataset):
         cfg, ref = self.cfg, self.samples[index]
         name = f"{ref.shard}:{ref.key}"
         try:
-            meta = ref.read_json()
+            cached = self.cache is not None
+            meta = self.cache.record(name, ref.read_json, ref.members["json"][1]) if cached else ref.read_json()
             faces, fps = meta["faces"], float(meta["fps"])
             valid = np.asarray(faces["valid"], bool)
             has_audio = bool(meta.get("has_audio", True)) and not meta.get("audio_unverified", False)
@@ -359,10 +381,16 @@ class ClipDataset(IterableDataset):
         audio = np.zeros(0, np.float32)
         if self.with_audio:
             rate = int(meta.get("sample_rate", 16000))
-            audio = decode_audio(video_bytes(), name, rate) if has_audio else np.zeros(0, np.float32)
+            if not has_audio:
+                audio = np.zeros(0, np.float32)
+            elif self.cache is not None:
+                audio = self.cache.audio(name, video_bytes, rate)
+            else:
+                audio = decode_audio(video_bytes(), name, rate)
             audio = fit_audio(audio, int(round(len(valid) / fps * rate)))  # drop AAC padding; silence without audio
         try:
-            all_landmarks = unpack_array(faces["landmarks"])  # (T, N, 2)
+            unpack = functools.partial(unpack_array, faces["landmarks"])
+            all_landmarks = self.cache.landmarks(name, unpack) if cached else unpack()  # (T, N, 2)
             landmarks = all_landmarks[indices]  # (L, N, 2)
             boxes = np.array([faces["boxes"][i] for i in [*indices, ref_index]], np.float64)  # (L + 1, 4)
         except (IndexError, TypeError, ValueError) as e:
@@ -388,7 +416,7 @@ class ClipDataset(IterableDataset):
             "face_parts": torch.from_numpy(patch_mask(clip_landmarks, size).astype(np.uint8)),  # (L, S, S) eyes, mouth
             "use_visual": torch.tensor(float(mode in ("visual", "both"))),
             "use_audio": torch.tensor(float(mode in ("audio", "both"))),
-            "audio": torch.from_numpy(audio),
+            "audio": torch.tensor(audio),  # a copy: the cache's track is read-only
             "frame_indices": torch.from_numpy(indices.astype(np.int64)),
             "fps": torch.tensor(fps, dtype=torch.float32),
             "noise_seed": torch.tensor(int(rng.integers(2**62)), dtype=torch.int64),  # the trainer's noise and t

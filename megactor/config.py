@@ -52,6 +52,9 @@ class ModelConfig:
     preset: str = "tiny"
     sample_size: int = 32  # latent height/width the positional embedding is built for
     patch_size: int = 2
+    # The reference net's patch size (None: patch_size). Twice patch_size encodes the reference in a quarter of
+    # the tokens, which every denoiser self-attention also reads as keys: a cheaper step (the tiny preset's).
+    reference_patch_size: Optional[int] = None
     in_channels: int = 12  # latent channels; control latents have as many
     width: int = 96
     depth: int = 4
@@ -390,6 +393,11 @@ def validate_model(m: ModelConfig, where: Union[str, Where]) -> None:
     if m.width % m.num_heads:
         raise ConfigError(f"{where('model.width', 'model.num_heads')}: model.width={m.width} is not divisible by "
                           f"model.num_heads={m.num_heads}")
+    ref = m.reference_patch_size
+    if ref is not None and (ref < m.patch_size or ref % m.patch_size or m.sample_size % ref):
+        raise ConfigError(f"{where('model.reference_patch_size', 'model.patch_size', 'model.sample_size')}: "
+                          f"model.reference_patch_size={ref} must be a multiple of model.patch_size={m.patch_size} "
+                          f"that divides model.sample_size={m.sample_size}")
     if m.codec.type == "pixel" and m.in_channels != 3 * m.codec.factor**2:
         raise ConfigError(
             f"{where('model.in_channels', 'model.codec.factor')}: model.in_channels={m.in_channels} must be "

@@ -44,6 +44,9 @@ def test_value_checks(tmp_path):
         load_config(TrainConfig, None, ["train_data.use_audio_ratio=0.5", "train_data.uncond_ratio=0.4"])
     with pytest.raises(ConfigError, match="model.preset"):
         load_config(TrainConfig, None, ["model.preset=huge"])
+    for size in (3, 1, 64):  # not a multiple of patch_size 2; finer than it; does not divide sample_size 32
+        with pytest.raises(ConfigError, match=rf"model.reference_patch_size={size} must be a multiple"):
+            load_config(TrainConfig, None, [f"model.reference_patch_size={size}"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(TrainConfig, str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="key=value"):

@@ -148,6 +148,24 @@ def test_reference_changes_the_output_and_cached_kv_match_recomputation(loaded):
     assert torch.allclose(shared, repeated, atol=1e-6)
 
 
+def test_a_coarser_reference_patch_keeps_a_quarter_of_the_reference_tokens_on_the_denoisers_grid():
+    cfg = tiny_config(reference_patch_size=2 * TINY.patch_size)
+    model = SigmaDiT(cfg).eval()
+    latents, t, control, audio, reference = inputs(cfg)
+    with torch.no_grad():
+        model.final_layer.proj.weight.normal_(std=0.02)  # zero at init: nothing would reach the output
+        ref_kv = model.encode_reference(reference)
+        tokens = (H // TINY.patch_size) ** 2
+        assert [k.shape for k, _ in ref_kv] == [(B, tokens // 4, D)] * TINY.depth
+        grid = H // TINY.patch_size
+        fine = model.patch_embed.pos_embed[0].view(grid, grid, D)
+        coarse = model.reference_net.patch_embed.pos_embed[0].view(grid // 2, grid // 2, D)
+        assert torch.allclose(fine[::2, ::2], coarse, atol=1e-6)  # each coarse token where its patches start
+        assert not torch.allclose(model(latents, t), model(latents, t, reference=reference), atol=1e-4)
+        with pytest.raises(ValueError, match="another size"):
+            model(latents, t, reference_kv=SigmaDiT(tiny_config()).encode_reference(reference))
+
+
 def test_cached_context_keys_values_give_the_recomputed_output(loaded):
     latents, t, control, audio, reference = inputs(loaded.config)
     with torch.no_grad():

@@ -40,9 +40,11 @@ _BLOCK_KEYS = {
 
 def _check_pixart_config(pc, cfg: ModelConfig, path: str) -> None:
     ours = {"num_layers": cfg.depth, "inner dim": cfg.width, "num_attention_heads": cfg.num_heads,
-            "patch_size": cfg.patch_size, "in_channels": cfg.in_channels, "caption_channels": cfg.caption_channels}
+            "patch_size": cfg.patch_size, "reference_patch_size": cfg.reference_patch_size or cfg.patch_size,
+            "in_channels": cfg.in_channels, "caption_channels": cfg.caption_channels}
     theirs = {"num_layers": pc.num_layers, "inner dim": pc.num_attention_heads * pc.attention_head_dim,
               "num_attention_heads": pc.num_attention_heads, "patch_size": pc.patch_size,
+              "reference_patch_size": pc.patch_size,
               "in_channels": pc.in_channels, "caption_channels": pc.caption_channels}
     wrong = [f"{k}: PixArt {theirs[k]} vs model {ours[k]}" for k in ours if ours[k] != theirs[k]]
     if wrong:

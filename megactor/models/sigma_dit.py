@@ -50,10 +50,13 @@ class AudioProjection(nn.Module):
         return self.norm(x.view(x.shape[0], self.tokens, -1))
 
 
-def _patch_embed(cfg: ModelConfig, in_channels: int) -> PatchEmbed:
+def _patch_embed(cfg: ModelConfig, in_channels: int, patch_size: Optional[int] = None) -> PatchEmbed:
+    """Patches -> tokens with sin-cos positions. A coarser ``patch_size`` (the reference net's) puts its tokens'
+    positions on the denoiser's grid: a token covering k x k of the denoiser's patches sits at k times its index."""
+    patch_size = patch_size or cfg.patch_size
     return PatchEmbed(
-        height=cfg.sample_size, width=cfg.sample_size, patch_size=cfg.patch_size, in_channels=in_channels,
-        embed_dim=cfg.width, interpolation_scale=max(cfg.sample_size // 64, 1),
+        height=cfg.sample_size, width=cfg.sample_size, patch_size=patch_size, in_channels=in_channels,
+        embed_dim=cfg.width, interpolation_scale=max(cfg.sample_size // 64, 1) * cfg.patch_size / patch_size,
     )
 
 
@@ -86,7 +89,7 @@ class ReferenceNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.patch_embed = _patch_embed(cfg, cfg.in_channels)
+        self.patch_embed = _patch_embed(cfg, cfg.in_channels, cfg.reference_patch_size)  # (B, M, D) tokens
         self.adaln_single = AdaLayerNormSingle(cfg.width)
         self.caption_projection = PixArtAlphaTextProjection(cfg.caption_channels, cfg.width)
         self.blocks = nn.ModuleList(SigmaBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth - 1))
@@ -283,7 +286,8 @@ class SigmaDiT(nn.Module):
             raise ValueError(f"reference latent {tuple(reference.shape)} does not match the latents "
                              f"{tuple(latents.shape)}: expected ({b} or 1, {c}, {h}, {w})")
         if reference_kv is not None:
-            tokens, expected = reference_kv[0][0].shape[1], (h // self.config.patch_size) * (w // self.config.patch_size)
+            p = self.config.reference_patch_size or self.config.patch_size
+            tokens, expected = reference_kv[0][0].shape[1], (h // p) * (w // p)
             if tokens != expected:
                 raise ValueError(f"reference keys/values hold {tokens} tokens per block, but latents "
                                  f"{tuple(latents.shape)} have {expected}: the reference was encoded at another size")

@@ -31,7 +31,7 @@ def inputs(cfg, frames=F):
 
 @pytest.fixture
 def loaded(tiny_pixart_dir):
-    cfg = tiny_config(transformer_path=tiny_pixart_dir)
+    cfg = tiny_config(transformer_path=tiny_pixart_dir, reference_patch_size=None)  # PixArt's own patches
     model = build_sigma_dit(cfg).eval()
     with torch.no_grad():
         model.context.normal_()
@@ -163,7 +163,7 @@ def test_a_coarser_reference_patch_keeps_a_quarter_of_the_reference_tokens_on_th
         assert torch.allclose(fine[::2, ::2], coarse, atol=1e-6)  # each coarse token where its patches start
         assert not torch.allclose(model(latents, t), model(latents, t, reference=reference), atol=1e-4)
         with pytest.raises(ValueError, match="another size"):
-            model(latents, t, reference_kv=SigmaDiT(tiny_config()).encode_reference(reference))
+            model(latents, t, reference_kv=SigmaDiT(tiny_config(reference_patch_size=None)).encode_reference(reference))
 
 
 def test_cached_context_keys_values_give_the_recomputed_output(loaded):

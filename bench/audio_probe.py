@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import json
 import os
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import RidgeCV
 
-from megactor.config import ModelConfig, NoiseSchedulerConfig
+from megactor.config import PRESETS, NoiseSchedulerConfig
 from megactor.data.video_io import read_video
 from megactor.diffusion.schedulers import training_scheduler, training_target
 from megactor.models import SigmaDiT, WhisperAudioEncoder, build_codec, from_pretrained, gather_windows, window_indices
@@ -96,7 +97,7 @@ def main():
     paths = sorted(glob.glob(os.path.join(args.clips, "*.mp4")))
     if len(paths) < 3:
         raise SystemExit(f"{args.clips}: {len(paths)} clips; the leave-one-out probe needs at least 3")
-    model = from_pretrained(args.checkpoint) if args.checkpoint else SigmaDiT(ModelConfig(preset="tiny"))
+    model = from_pretrained(args.checkpoint) if args.checkpoint else SigmaDiT(copy.deepcopy(PRESETS["tiny"]))
     encoder = WhisperAudioEncoder(model.config.audio_encoder)
     feats = {"whisper, all layers": [], "whisper, last layer": [], "whisper, input layer": [], "RMS loudness": []}
     targets, first = [], None

@@ -7,7 +7,7 @@
 # It leaves runs/tiny/stage3/model, the checkpoint configs/inference/tiny/inference.yaml uses. The three stages
 # run in one train.py process, which imports once and decodes each clip once.
 #   bash scripts/quickstart.sh [--long] [key=value ...]      (overrides go to every stage)
-#   --long: the longer recipe of configs/train/tiny/long/, for a GPU or an hour of 2 cores: stage 1 for 3500
+#   --long: the longer recipe of configs/train/tiny/long/, about 26 minutes of 2 cores: stage 1 for 3500
 #           steps, stage 2 for 1500 steps of 16 clips of 2 frames, stage 3 for 300 steps (docs/control.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -218,8 +218,7 @@ class FrameCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes = max_bytes, 0
-        self.entries: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (what, clip name) -> decoded
-        self.sizes: dict[tuple[str, str], int] = {}
+        self.entries: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()  # (what, clip) -> (decoded, bytes)
 
     def frames(self, key: str, read) -> np.ndarray:
         """The frames of clip ``key`` (its name in errors); on a miss, ``read()`` gives its video bytes to decode."""
@@ -230,7 +229,7 @@ class FrameCache:
         return self._get((f"audio@{sample_rate}", key), lambda: decode_audio(read(), key, sample_rate))
 
     def record(self, key: str, read_json, nbytes: int) -> dict:
-        """The json record of clip ``key`` (``nbytes`` long), from ``read_json()`` on a miss. Shared: never change it."""
+        """The json record of clip ``key`` (``nbytes`` long), from ``read_json()`` on a miss; shared, never changed."""
         return self._get(("json", key), read_json, lambda _: nbytes)
 
     def landmarks(self, key: str, unpack) -> np.ndarray:
@@ -240,17 +239,16 @@ class FrameCache:
     def _get(self, entry: tuple[str, str], decode, size=lambda value: value.nbytes):
         if entry in self.entries:
             self.entries.move_to_end(entry)
-            return self.entries[entry]
+            return self.entries[entry][0]
         value = decode()
         if isinstance(value, np.ndarray):
             value.flags.writeable = False  # shared by every sample of the clip
         nbytes = size(value)
         if nbytes <= self.max_bytes:
-            self.entries[entry], self.sizes[entry] = value, nbytes
+            self.entries[entry] = value, nbytes
             self.bytes += nbytes
             while self.bytes > self.max_bytes:
-                old, _ = self.entries.popitem(last=False)
-                self.bytes -= self.sizes.pop(old)
+                self.bytes -= self.entries.popitem(last=False)[1][1]
         return value
 
 
@@ -355,9 +353,8 @@ class ClipDataset(IterableDataset):
     def load(self, index: int, rng: np.random.Generator) -> dict:
         """Read, crop, augment and convert sample ``index`` with the draws of ``rng``."""
         cfg, ref = self.cfg, self.samples[index]
-        name = f"{ref.shard}:{ref.key}"
+        name, cached = f"{ref.shard}:{ref.key}", self.cache is not None
         try:
-            cached = self.cache is not None
             meta = self.cache.record(name, ref.read_json, ref.members["json"][1]) if cached else ref.read_json()
             faces, fps = meta["faces"], float(meta["fps"])
             valid = np.asarray(faces["valid"], bool)
@@ -371,7 +368,7 @@ class ClipDataset(IterableDataset):
 
         video_bytes = functools.cache(lambda: ref.read("mp4"))  # read once, and only when something decodes
         wanted = [*indices.tolist(), ref_index]
-        if self.cache is not None:
+        if cached:
             decoded = self.cache.frames(name, video_bytes)
             frames = {i: decoded[i] for i in wanted if i < len(decoded)}
         else:
@@ -381,12 +378,8 @@ class ClipDataset(IterableDataset):
         audio = np.zeros(0, np.float32)
         if self.with_audio:
             rate = int(meta.get("sample_rate", 16000))
-            if not has_audio:
-                audio = np.zeros(0, np.float32)
-            elif self.cache is not None:
-                audio = self.cache.audio(name, video_bytes, rate)
-            else:
-                audio = decode_audio(video_bytes(), name, rate)
+            if has_audio:
+                audio = self.cache.audio(name, video_bytes, rate) if cached else decode_audio(video_bytes(), name, rate)
             audio = fit_audio(audio, int(round(len(valid) / fps * rate)))  # drop AAC padding; silence without audio
         try:
             unpack = functools.partial(unpack_array, faces["landmarks"])

@@ -286,7 +286,7 @@ class SigmaDiT(nn.Module):
             raise ValueError(f"reference latent {tuple(reference.shape)} does not match the latents "
                              f"{tuple(latents.shape)}: expected ({b} or 1, {c}, {h}, {w})")
         if reference_kv is not None:
-            p = self.config.reference_patch_size or self.config.patch_size
+            p = self.reference_net.patch_embed.patch_size
             tokens, expected = reference_kv[0][0].shape[1], (h // p) * (w // p)
             if tokens != expected:
                 raise ValueError(f"reference keys/values hold {tokens} tokens per block, but latents "
